@@ -1,0 +1,120 @@
+"""Voxel grids and the coordinates the INR is evaluated at.
+
+Every grid here is described in the LF image's continuous voxel-index space: index ``p``
+of the LF grid has centre ``p`` and the LF voxel spans ``[p - 0.5, p + 0.5]``. A grid that
+subdivides the LF voxels by ``k`` has step ``1/k`` in that space; a grid of any other
+resolution has step ``resolution / lf_voxel_size``. Working in LF index space makes
+anisotropic voxels, non-integer factors and oblique affines the same case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+_INTEGER_TOL = 1e-3
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A regular grid inside the LF field of view: ``index = origin + step * j`` in LF index space."""
+
+    shape: tuple[int, int, int]
+    step: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    lf_affine: np.ndarray
+
+    @property
+    def affine(self) -> np.ndarray:
+        to_lf = np.diag(list(self.step) + [1.0])
+        to_lf[:3, 3] = self.origin
+        return self.lf_affine @ to_lf
+
+    @property
+    def subdivision(self) -> tuple[int, int, int] | None:
+        """The integer factors when this grid splits each LF voxel into whole sub-voxels."""
+        k = tuple(int(round(1 / s)) for s in self.step)
+        aligned = all(abs(1 / s - kk) < _INTEGER_TOL and abs(o - (-0.5 + s / 2)) < 1e-6 for s, kk, o in zip(self.step, k, self.origin))
+        return k if aligned else None
+
+    def lf_coordinates(self, axis_slice: slice | None = None) -> list[torch.Tensor]:
+        """1D LF-index coordinates of the grid's voxel centres along each axis."""
+        return [torch.tensor(o + s * np.arange(n), dtype=torch.float32) for o, s, n in zip(self.origin, self.step, self.shape)]
+
+
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+
+
+def subdivided_grid(lf_shape, lf_affine, k) -> Grid:
+    """The LF grid with each voxel split into ``k`` sub-voxels per axis (the sim-lf-v1 HF grid)."""
+    k = tuple(int(v) for v in k)
+    step = tuple(1.0 / v for v in k)
+    origin = tuple(-0.5 + s / 2 for s in step)
+    shape = tuple(int(n * v) for n, v in zip(lf_shape, k))
+    return Grid(shape, step, origin, np.asarray(lf_affine, dtype=float))
+
+
+def output_grid(lf_shape, lf_affine, resolution) -> Grid:
+    """The grid at ``resolution`` mm that covers the LF field of view.
+
+    When the LF voxel size is an integer multiple of the resolution along an axis, each LF
+    voxel is split into whole sub-voxels, so the two grids line up exactly.
+    """
+    res = np.broadcast_to(np.asarray(resolution, dtype=float), (3,))
+    vox = voxel_sizes(lf_affine)
+    ratio = vox / res
+    k = np.round(ratio)
+    if np.all(np.abs(ratio - k) < _INTEGER_TOL * np.maximum(1, ratio)) and np.all(k >= 1):
+        return subdivided_grid(lf_shape, lf_affine, k.astype(int))
+    step = tuple(float(s) for s in res / vox)
+    shape = tuple(int(np.ceil(n / s - 1e-6)) for n, s in zip(lf_shape, step))
+    origin = tuple(-0.5 + s / 2 for s in step)
+    return Grid(shape, step, origin, np.asarray(lf_affine, dtype=float))
+
+
+def fidelity_grid(lf_shape, lf_affine, resolution) -> Grid:
+    """Where the data term is evaluated: LF voxels split at least as finely as the output.
+
+    A whole number of samples per LF voxel makes the box slice profile ``L_k`` an exact
+    block mean on this grid, whatever the output grid is.
+    """
+    ratio = voxel_sizes(lf_affine) / np.broadcast_to(np.asarray(resolution, dtype=float), (3,))
+    k = np.maximum(1, np.ceil(ratio - _INTEGER_TOL)).astype(int)
+    return subdivided_grid(lf_shape, lf_affine, k)
+
+
+def grid_from_affine(shape, affine, lf_affine) -> Grid:
+    """Describe an arbitrary axis-aligned target grid (e.g. a GT grid) in LF index space."""
+    to_lf = np.linalg.inv(np.asarray(lf_affine, dtype=float)) @ np.asarray(affine, dtype=float)
+    if not np.allclose(to_lf[:3, :3], np.diag(np.diag(to_lf[:3, :3])), atol=1e-4):
+        raise ValueError("the target grid is rotated relative to the LF grid; resample the result instead")
+    step = tuple(float(v) for v in np.diag(to_lf[:3, :3]))
+    origin = tuple(float(v) for v in to_lf[:3, 3])
+    return Grid(tuple(int(v) for v in shape), step, origin, np.asarray(lf_affine, dtype=float))
+
+
+def resample(volume: torch.Tensor, src: Grid, dst: Grid, order: int = 1) -> torch.Tensor:
+    """Values of ``volume`` (on ``src``) at the voxel centres of ``dst``; edges replicate.
+
+    ``order`` 1 is trilinear (torch, any device); 3 is cubic B-spline (scipy, on the CPU).
+    """
+    axes = []
+    for a_dst, o, s, n in zip(dst.lf_coordinates(), src.origin, src.step, src.shape):
+        axes.append(((a_dst - o) / s).clamp(0, n - 1))  # in src voxel indices
+    if order == 3:
+        from scipy.ndimage import map_coordinates
+
+        mesh = np.meshgrid(*[a.numpy() for a in axes], indexing="ij")
+        out = map_coordinates(volume.detach().cpu().numpy(), mesh, order=3, mode="nearest", prefilter=True)
+        return torch.from_numpy(out.astype(np.float32)).to(volume.device)
+    norm = [(a.to(volume.device) / max(n - 1, 1)) * 2 - 1 for a, n in zip(axes, src.shape)]
+    coords = torch.stack(torch.meshgrid(*norm, indexing="ij"), dim=-1).flip(-1)[None]
+    out = torch.nn.functional.grid_sample(volume[None, None], coords, mode="bilinear", padding_mode="border", align_corners=True)
+    return out[0, 0]
+
+
+def lf_grid(lf_shape, lf_affine) -> Grid:
+    return subdivided_grid(lf_shape, lf_affine, (1, 1, 1))
