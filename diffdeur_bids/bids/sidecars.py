@@ -1,0 +1,87 @@
+"""JSON sidecars of the derivatives: what the file is, where it came from, and how it was made.
+
+``SkullStripped`` is REQUIRED for image derivatives (the validator errors without it); ``Sources``
+are BIDS URIs resolved through ``DatasetLinks.raw``; acquisition metadata that stays true for the
+enhanced image is copied from the source; the ``DiffDeuR`` object is the provenance record.
+"""
+
+from __future__ import annotations
+
+from .naming import bids_uri
+
+# Source metadata that still describes the enhanced image: scanner, contrast and timing. Keys about
+# the sampling grid (slice thickness, matrix sizes, bandwidth per voxel...) no longer apply.
+ACQUISITION_KEYS = (
+    "MagneticFieldStrength", "Manufacturer", "ManufacturersModelName", "DeviceSerialNumber",
+    "StationName", "SoftwareVersions", "InstitutionName", "InstitutionAddress",
+    "InstitutionalDepartmentName", "ReceiveCoilName", "ReceiveCoilActiveElements",
+    "ScanningSequence", "SequenceVariant", "ScanOptions", "SequenceName", "PulseSequenceType",
+    "PulseSequenceDetails", "MRAcquisitionType", "EchoTime", "RepetitionTime", "InversionTime",
+    "FlipAngle", "EchoTrainLength", "ContrastBolusIngredient", "BodyPart",
+)
+
+PROVENANCE_KEY = "DiffDeuR"
+
+
+def _mm(values) -> str:
+    return "x".join(f"{float(v):g}" for v in values) + " mm"
+
+
+def propagated_metadata(source_metadata: dict) -> dict:
+    return {k: source_metadata[k] for k in ACQUISITION_KEYS if k in source_metadata}
+
+
+def enhanced_sidecar(source_relpath, source_metadata: dict, provenance: dict,
+                     input_zooms, output_zooms) -> dict:
+    """Sidecar of ``desc-enhanced_<suffix>`` (and of its ``desc-preproc`` copy)."""
+    uri = bids_uri(source_relpath)
+    return {
+        "Description": "Low-field scan reoriented to RAS+ (world coordinates unchanged), then denoised "
+                       "and super-resolved by DiffDeuR (diffusion prior + implicit neural representation)",
+        "Sources": [uri],
+        "SpatialReference": uri,
+        "SkullStripped": False,
+        "Resolution": f"{_mm(output_zooms)} (input {_mm(input_zooms)})",
+        **propagated_metadata(source_metadata),
+        PROVENANCE_KEY: provenance,
+    }
+
+
+def std_sidecar(source_relpath, enhanced_relpath, source_metadata: dict, provenance: dict,
+                output_zooms, num_samples: int) -> dict:
+    """Sidecar of the uncertainty map written when ``--num-samples`` > 1."""
+    return {
+        "Description": f"Voxel-wise standard deviation across {num_samples} DiffDeuR posterior samples "
+                      "(uncertainty of the enhanced image, in its units)",
+        "Sources": [bids_uri(source_relpath)],
+        "SpatialReference": bids_uri(enhanced_relpath, dataset=""),
+        "SkullStripped": False,
+        "Resolution": _mm(output_zooms),
+        **propagated_metadata(source_metadata),
+        PROVENANCE_KEY: provenance,
+    }
+
+
+# The method's info keys, as they appear in the provenance object; unknown keys pass through.
+_INFO_NAMES = {
+    "method": "Method", "weights_sha256": "WeightsSHA256", "settings": "Settings",
+    "device": "Device", "device_name": "DeviceName", "torch": "TorchVersion", "cuda": "CUDAVersion",
+    "threads": "Threads", "noise_sigma_estimated": "NoiseSigmaEstimated", "noise_sigma_used": "NoiseSigma",
+    "intensity_scale": "IntensityScale", "input_shape": "InputShape", "output_shape": "OutputShape",
+    "output_voxel_size_mm": "OutputVoxelSize", "subdivision": "Subdivision", "elapsed_seconds": "EnhanceSeconds",
+}
+
+
+def _camel(key: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in key.split("_"))
+
+
+def provenance(info: dict, app: dict) -> dict:
+    """The ``DiffDeuR`` sidecar object: the app run (version, run id, command) plus the method's record.
+
+    ``info`` is ``EnhanceResult.info``; ``Seed`` is lifted out of the settings because it is the first
+    thing asked when two runs differ. GPU and CPU results are not bit-identical, hence ``Device``.
+    """
+    record = {_INFO_NAMES.get(k, _camel(k)): v for k, v in info.items()}
+    seed = (info.get("settings") or {}).get("seed")
+    return {**app, **({"Seed": seed} if seed is not None else {}), **record}

@@ -1,0 +1,237 @@
+"""The ``diffdeur`` command: the BIDS Apps contract with fMRIPrep's option spellings.
+
+Thin on purpose: parse, check what can be checked from the arguments alone, build a
+:class:`~diffdeur_bids.config.Config` and hand it to :func:`diffdeur_bids.runner.run`. This is
+the one place that turns errors into exit codes (BEP027 / fMRIPrep):
+
+    0 ok · 1 failure · 16 input failed BIDS validation · 17 unknown analysis level
+    18 labels/filters/selection left nothing · 64 usage · 66 no input · 73 cannot create output
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import (EmptySelectionError, FeatureUnavailableError, InputMissingError, OutputError,
+                     UnknownLevelError, UsageError, ValidationFailedError)
+from .resources import available_cpus, format_gb, parse_memory
+
+EXIT_OK, EXIT_FAILURE = 0, 1
+EXIT_CODES = {
+    ValidationFailedError: 16,
+    UnknownLevelError: 17,
+    EmptySelectionError: 18,
+    UsageError: 64,
+    InputMissingError: 66,
+    OutputError: 73,
+    FeatureUnavailableError: 1,
+}
+EXIT_USAGE = 64
+
+log = logging.getLogger("diffdeur")
+
+
+class ManyValues(click.Option):
+    """An option taking one or more values like argparse's ``nargs='+'``: ``--participant-label 01 02``.
+
+    Values are taken up to the next token that starts with ``-``; repeating the option also works.
+    Put such options after the three positional arguments, as with fMRIPrep.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs["multiple"] = True
+        super().__init__(*args, **kwargs)
+
+    def add_to_parser(self, parser, ctx):
+        super().add_to_parser(parser, ctx)
+        for name in self.opts:
+            option = parser._long_opt.get(name) or parser._short_opt.get(name)
+            take_one = option.process
+
+            def take_many(value, state, take_one=take_one):
+                take_one(value, state)
+                while state.rargs and not state.rargs[0].startswith("-"):
+                    take_one(state.rargs.pop(0), state)
+
+            option.process = take_many
+
+
+def _device(ctx, param, value: str) -> str:
+    value = value.strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise click.BadParameter("use auto, cpu, cuda or cuda:N")
+    return value
+
+
+def _memory(ctx, param, value):
+    """Keep what was typed beside the value, so the log can say how it was understood."""
+    if value is None:
+        return None
+    try:
+        return value, parse_memory(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+
+
+def _default_work_dir() -> Path:
+    """``./work`` as fMRIPrep, or a temporary folder when the current one is read-only (containers)."""
+    if os.access(Path.cwd(), os.W_OK):
+        return Path.cwd() / "work"
+    return Path(tempfile.gettempdir()) / "diffdeur-work"
+
+
+_POSITIVE_MM = click.FloatRange(min=0, min_open=True, max=20)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("bids_dir", type=click.Path(path_type=Path))
+@click.argument("output_dir", type=click.Path(path_type=Path))
+@click.argument("analysis_level")
+# -- what to process (fMRIPrep spellings)
+@click.option("--participant-label", "--participant_label", "participant_label", cls=ManyValues,
+              metavar="LABEL [LABEL ...]", help="Subjects to process (with or without 'sub-'); default: all.")
+@click.option("--session-label", "--session_label", "--session-id", "session_label", cls=ManyValues,
+              metavar="LABEL [LABEL ...]", help="Sessions to process (with or without 'ses-'); default: all.")
+@click.option("--bids-filter-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              metavar="FILE", help='JSON queries per modality, fMRIPrep style: {"t1w": {"acquisition": "fast"}}.')
+@click.option("--modalities", cls=ManyValues, type=click.Choice(["T1w", "T2w", "FLAIR"], case_sensitive=False),
+              metavar="{T1w,T2w,FLAIR} [...]", help="Anatomical suffixes to enhance; default: all three.")
+@click.option("--max-field-strength", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              metavar="TESLA", help="Enhance scans whose MagneticFieldStrength is at most this; others are left alone.")
+@click.option("--assume-lowfield", is_flag=True,
+              help="Also enhance scans whose sidecar has no MagneticFieldStrength (otherwise skipped).")
+@click.option("--skip-bids-validation", "--skip_bids_validation", "skip_bids_validation", is_flag=True,
+              help="Do not run bids-validator-deno on the input first.")
+# -- the method
+@click.option("--quality", type=click.Choice(["fast", "default", "best"]), default="default", show_default=True,
+              help="Preset trading time for quality; 'fast' is for previews and tests.")
+@click.option("--output-resolution", type=_POSITIVE_MM, default=1.0, show_default=True, metavar="MM",
+              help="Isotropic output voxel size. The output covers the input field of view; when the input voxel "
+                   "is a whole multiple of it, each input voxel is split into whole sub-voxels.")
+@click.option("--steps", type=click.IntRange(min=1), metavar="N", help="Diffusion steps (overrides the preset).")
+@click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Posterior samples averaged; with N > 1 an uncertainty (std) map is also written.")
+@click.option("--random-seed", type=int, default=0, show_default=True, metavar="INT",
+              help="Seed of every random draw; recorded in the sidecars.")
+@click.option("--device", default="auto", show_default=True, callback=_device, metavar="auto|cpu|cuda[:N]",
+              help="Compute device. A GPU asked for but not visible is an error at start (never a silent CPU fallback).")
+@click.option("--prior", "prior_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
+              help="Diffusion prior weights (.safetensors from diffdeur-train-prior); default: the shipped prior.")
+@click.option("--synthseg/--no-synthseg", default=False, show_default=True,
+              help="Segment the enhanced images with SynthSeg.")
+@click.option("--fmriprep-compat", is_flag=True,
+              help="Also write desc-preproc_T1w so 'fmriprep ... -d diffdeur=<output_dir>' uses the enhanced T1w.")
+# -- performance and execution
+@click.option("-w", "--work-dir", type=click.Path(path_type=Path), metavar="DIR",
+              help="Nipype work folder; rerunning with the same one skips finished steps.  [default: ./work]")
+@click.option("--nprocs", "--nthreads", "--n_cpus", "--n-cpus", "nprocs", type=click.IntRange(min=1), metavar="N",
+              help="Most CPUs used at once.  [default: all available]")
+@click.option("--omp-nthreads", type=click.IntRange(min=1), metavar="N",
+              help="Threads per scan.  [default: nprocs, at most 8]")
+@click.option("--mem", "--mem-mb", "--mem_mb", "mem", callback=_memory, metavar="AMOUNT",
+              help="Most memory used at once, with units (16G, 16000M); a bare number is MB, as in fMRIPrep.")
+@click.option("--stop-on-first-crash", is_flag=True, help="Stop at the first failed scan instead of finishing the others.")
+@click.option("--dry-run", is_flag=True, help="Check everything and print the plan, then stop without enhancing.")
+@click.option("-v", "--verbose", count=True, help="More messages (-v: diffdeur's debug messages, -vv: Nipype's too).")
+@click.version_option(__version__, "--version", prog_name="diffdeur", message="diffdeur v%(version)s")
+@click.pass_context
+def cli(ctx, **opts) -> int:
+    """Enhance low-field anatomical MRI (T1w, T2w, FLAIR) of a BIDS dataset with DiffDeuR.
+
+    BIDS_DIR is the input dataset (never written to), OUTPUT_DIR the derivative dataset,
+    ANALYSIS_LEVEL must be 'participant'.
+    """
+    from .config import Config
+
+    level = opts["analysis_level"]
+    if level == "group":
+        raise UnknownLevelError("the 'group' level is not available yet (it comes with the reports); use 'participant'")
+    if level != "participant":
+        raise UnknownLevelError(f"unknown analysis level {level!r}; use 'participant'")
+
+    from .bids.discovery import load_bids_filters
+
+    nprocs = opts["nprocs"] or available_cpus()
+    omp = opts["omp_nthreads"] or min(nprocs, 8)
+    _setup_logging(opts["verbose"])
+    if omp > nprocs:
+        log.warning("--omp-nthreads %d is more than --nprocs %d: scans will compete for CPUs", omp, nprocs)
+    mem_text, mem_gb = opts["mem"] or (None, None)
+    if mem_text is not None:
+        log.info("--mem %s understood as %s", mem_text, format_gb(mem_gb))
+    os.environ["OMP_NUM_THREADS"] = str(omp)  # the method's threads; inherited by the workers
+
+    config = Config(
+        bids_dir=opts["bids_dir"].absolute(), output_dir=opts["output_dir"].absolute(), analysis_level=level,
+        participant_label=list(opts["participant_label"]), session_label=list(opts["session_label"]),
+        bids_filter_file=opts["bids_filter_file"], bids_filters=load_bids_filters(opts["bids_filter_file"]),
+        modalities=_canonical_modalities(opts["modalities"]), max_field_strength=opts["max_field_strength"],
+        assume_lowfield=opts["assume_lowfield"], skip_bids_validation=opts["skip_bids_validation"],
+        quality=opts["quality"], output_resolution=opts["output_resolution"], steps=opts["steps"],
+        num_samples=opts["num_samples"], random_seed=opts["random_seed"], device=opts["device"],
+        prior_file=opts["prior_file"].absolute() if opts["prior_file"] else None,
+        synthseg=opts["synthseg"], fmriprep_compat=opts["fmriprep_compat"],
+        work_dir=(opts["work_dir"] or _default_work_dir()).absolute(), nprocs=nprocs, omp_nthreads=omp,
+        mem_gb=mem_gb, stop_on_first_crash=opts["stop_on_first_crash"], dry_run=opts["dry_run"],
+        verbose=opts["verbose"], command_line=ctx.obj or "diffdeur",
+    )
+    from .runner import run
+
+    return run(config)
+
+
+def _canonical_modalities(values) -> list[str]:
+    canonical = {"t1w": "T1w", "t2w": "T2w", "flair": "FLAIR"}
+    chosen = [canonical[v.lower()] for v in values] or ["T1w", "T2w", "FLAIR"]
+    return list(dict.fromkeys(chosen))
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose >= 1 else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s [diffdeur] %(levelname)s: %(message)s", "%y%m%d-%H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def run_cli(argv: list[str] | None = None) -> int:
+    """Parse and run; return the exit status instead of exiting (tests call this)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = cli.main(args=argv, prog_name="diffdeur", standalone_mode=False,
+                        obj=shlex.join(["diffdeur", *argv]))
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("Interrupted.", err=True)
+        return 130
+    except click.ClickException as e:  # usage errors: exit 64 (EX_USAGE), not click's 2
+        e.show()
+        return EXIT_USAGE
+    except tuple(EXIT_CODES) as e:
+        click.echo(f"diffdeur: error: {e}", err=True)
+        return EXIT_CODES[type(e)]
+    except Exception as e:
+        from .enhance.errors import EnhanceError
+
+        if not isinstance(e, EnhanceError):
+            raise
+        click.echo(f"diffdeur: error: {e}", err=True)
+        return EXIT_FAILURE
+    return EXIT_OK if code is None else int(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run_cli(argv))
+
+
+if __name__ == "__main__":
+    main()

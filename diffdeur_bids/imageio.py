@@ -1,0 +1,48 @@
+"""Reading and writing volumes, and reorienting to RAS+ without moving anything in the world.
+
+Kept apart from the Nipype interfaces so tests and the plan can use the same functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+
+def ras_grid(shape, affine) -> tuple[tuple[int, ...], np.ndarray]:
+    """Shape and affine a volume will have after :func:`reorient_to_ras`, from its header alone."""
+    ornt = nib.io_orientation(affine)
+    new_shape = [0, 0, 0]
+    for old_axis, (new_axis, _flip) in enumerate(ornt):
+        new_shape[int(new_axis)] = int(shape[old_axis])
+    return tuple(new_shape), affine @ nib.orientations.inv_ornt_aff(ornt, shape[:3])
+
+
+def reorient_to_ras(in_file: str | Path, out_file: str | Path) -> Path:
+    """Voxel axes permuted/flipped to RAS+; the affine changes with them, so world coordinates do not."""
+    img = nib.load(str(in_file))
+    if img.ndim == 4 and img.shape[3] == 1:
+        img = img.slicer[..., 0]
+    ras = nib.as_closest_canonical(img)
+    ras.header.set_xyzt_units("mm")
+    nib.save(ras, str(out_file))
+    return Path(out_file)
+
+
+def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
+    """A 3D float32 array in the file's intensity units (scaling applied), its affine and header."""
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    return data, img.affine.copy(), img.header
+
+
+def save_volume(path: str | Path, data: np.ndarray, affine: np.ndarray, qform_code: int = 1) -> Path:
+    """Save float32 with both qform and sform set (scanner space unless told otherwise), units mm."""
+    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
+    img.set_qform(affine, code=qform_code)
+    img.set_sform(affine, code=qform_code)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))
+    return Path(path)

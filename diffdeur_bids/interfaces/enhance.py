@@ -1,0 +1,63 @@
+"""The enhancement node: load the RAS+ scan, call the method's ``enhance``, save image, std and info.
+
+``device``, ``threads`` and ``use_gpu`` are ``nohash``: moving a run from GPU to CPU or changing
+the thread count does not invalidate finished work in the work dir. ``use_gpu`` exists only so
+Nipype's MultiProc counts the node against its GPU slots (``Node.is_gpu_node``).
+"""
+
+import json
+import logging
+from pathlib import Path
+
+from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, traits
+
+from ..imageio import load_volume, save_volume
+
+log = logging.getLogger("nipype.interface")
+
+
+class _EnhanceInputSpec(TraitedSpec):
+    in_file = File(exists=True, mandatory=True, desc="low-field scan, RAS+")
+    settings = traits.Dict(mandatory=True, desc="EnhanceSettings as a dict, without device and threads")
+    prior_file = traits.Str("", usedefault=True, desc="prior weights; empty for the shipped prior")
+    weights_sha256 = traits.Str("", usedefault=True, desc="sha256 of the prior, so new weights redo the work")
+    device = traits.Str("cpu", usedefault=True, nohash=True, desc="torch device")
+    threads = traits.Int(1, usedefault=True, nohash=True, desc="CPU threads for torch")
+    use_gpu = traits.Bool(False, usedefault=True, nohash=True, desc="for Nipype's GPU scheduling only")
+    label = traits.Str("", usedefault=True, nohash=True, desc="name of the scan in progress messages")
+
+
+class _EnhanceOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="enhanced image on the output grid, input units")
+    std_file = File(desc="voxel-wise std across samples (only when num_samples > 1)")
+    info_file = File(exists=True, desc="JSON record of how the image was made")
+
+
+class EnhanceImage(SimpleInterface):
+    input_spec = _EnhanceInputSpec
+    output_spec = _EnhanceOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..enhance import EnhanceSettings, enhance, load_default_prior, load_prior, resolve_device
+
+        device = resolve_device(self.inputs.device)
+        prior = load_prior(self.inputs.prior_file, device=device) if self.inputs.prior_file \
+            else load_default_prior(device)
+        settings = EnhanceSettings(**{**self.inputs.settings, "device": str(device), "threads": self.inputs.threads})
+        data, affine, header = load_volume(self.inputs.in_file)
+        space_code = int(header["sform_code"]) or int(header["qform_code"]) or 1  # keep the input's space
+        label = self.inputs.label or Path(self.inputs.in_file).name
+
+        def progress(step, total, elapsed, eta):
+            log.info("%s: step %d/%d, %.0f s elapsed, about %.0f s left", label, step, total, elapsed, eta)
+
+        result = enhance(data, affine, settings, prior=prior, progress=progress)
+
+        cwd = Path(runtime.cwd)
+        self._results["out_file"] = str(save_volume(cwd / "enhanced.nii.gz", result.image, result.affine, space_code))
+        if result.std is not None:
+            self._results["std_file"] = str(save_volume(cwd / "enhanced_std.nii.gz", result.std, result.affine, space_code))
+        info_file = cwd / "enhance_info.json"
+        info_file.write_text(json.dumps(result.info, indent=2, default=str))
+        self._results["info_file"] = str(info_file)
+        return runtime

@@ -1,0 +1,58 @@
+"""The text users read: the plan before any work, and the summary at the end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .bids import naming
+
+
+def _mm(zooms) -> str:
+    return "x".join(f"{z:g}" for z in zooms) + " mm"
+
+
+def _shape(shape) -> str:
+    return "x".join(str(n) for n in shape)
+
+
+def _tesla(t) -> str:
+    return "? T" if t is None else f"{t:g} T"
+
+
+def format_plan(discovery, output_shapes: dict, config) -> str:
+    """Each scan with field strength, voxel size and shape, and what will happen to it."""
+    n, k = len(discovery.scans), len(discovery.skipped)
+    lines = [f"Plan: {n} scan(s) to enhance, {k} skipped "
+             f"(quality {config.quality}, output {config.output_resolution:g} mm, device {config.device_used or config.device})"]
+    for scan in discovery.scans:
+        out_shape = output_shapes.get(str(scan.relpath))
+        lines.append(f"  {scan.relpath}  {_tesla(scan.field_strength)}  {_mm(scan.zooms)}  {_shape(scan.shape)}"
+                     f"  -> enhance to {_shape(out_shape) if out_shape else '?'}: {naming.enhanced_relpath(scan.relpath)}")
+    if discovery.skipped:
+        lines.append("Skipped:")
+        lines += [f"  {s.relpath}: {s.reason}" for s in discovery.skipped]
+    return "\n".join(lines)
+
+
+@dataclass
+class Outcome:
+    done: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    crash_files: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def format_summary(outcome: Outcome, elapsed_s: float, output_dir) -> str:
+    lines = [f"Summary: {len(outcome.done)} done, {len(outcome.skipped)} skipped, "
+             f"{len(outcome.failed)} failed in {elapsed_s:.0f} s; outputs in {output_dir}"]
+    lines += [f"  done     {r}" for r in outcome.done]
+    lines += [f"  skipped  {r}" for r in outcome.skipped]
+    lines += [f"  FAILED   {r}" for r in outcome.failed]
+    if outcome.crash_files:
+        lines.append("Crash reports (text):")
+        lines += [f"  {c}" for c in outcome.crash_files]
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""Nipype workflows: one branch per scan, grouped per subject, under one top-level workflow.
+
+    diffdeur_<major>_<minor>_wf
+      sub_<label>_wf                 crash files -> <out>/sub-<label>/log/<run_uuid>/
+        <scan>_wf: reorient (RAS+) -> enhance -> ds_enhanced (derivatives sink)
+
+The top-level name carries the app's minor version so a new release never reuses stale work.
+A rerun with the same work dir skips nodes whose inputs did not change (Nipype's hashing).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+os.environ["NIPYPE_NO_ET"] = "1"
+
+from nipype.pipeline import engine as pe  # noqa: E402
+
+from . import __version__  # noqa: E402
+from .bids import naming  # noqa: E402
+from .config import Config, utc_now  # noqa: E402
+from .interfaces import DerivativesSink, EnhanceImage, Reorient  # noqa: E402
+from .resources import estimate_enhance_mem_gb  # noqa: E402
+
+
+def workflow_name() -> str:
+    major, minor = (__version__.split(".") + ["0"])[:2]
+    return f"diffdeur_{major}_{minor}_wf"
+
+
+def init_diffdeur_wf(config: Config, scans, output_shapes: dict) -> pe.Workflow:
+    """The whole run; ``output_shapes`` maps a scan's relpath to its output grid shape (for memory)."""
+    wf = pe.Workflow(name=workflow_name(), base_dir=str(config.work_dir))
+    by_subject = defaultdict(list)
+    for scan in scans:
+        by_subject[scan.subject].append(scan)
+    for subject, subject_scans in sorted(by_subject.items()):
+        wf.add_nodes([init_subject_wf(config, subject, subject_scans, output_shapes)])
+    return wf
+
+
+def init_subject_wf(config: Config, subject: str, scans, output_shapes: dict) -> pe.Workflow:
+    wf = pe.Workflow(name=f"sub_{subject}_wf")
+    for scan in scans:
+        wf.add_nodes([init_scan_wf(config, scan, output_shapes.get(str(scan.relpath)))])
+    crash_dir = str(naming.subject_log_dir(config.output_dir, subject, config.run_uuid))
+    for node in wf._get_all_nodes():
+        node.config = node.config or {}
+        node.config.setdefault("execution", {})["crashdump_dir"] = crash_dir
+    return wf
+
+
+def _settings_for_hash(config: Config) -> dict:
+    """The method's settings minus device and threads, which must not invalidate cached work."""
+    settings = config.enhance_settings().as_dict()
+    settings.pop("device", None)
+    settings.pop("threads", None)
+    return settings
+
+
+def app_provenance(config: Config) -> dict:
+    return {"Version": config.version, "RunUUID": config.run_uuid, "CommandLine": config.command_line,
+            "Date": utc_now()}
+
+
+def init_scan_wf(config: Config, scan, output_shape=None) -> pe.Workflow:
+    wf = pe.Workflow(name=f"{naming.node_name(scan.relpath)}_wf")
+    reorient = pe.Node(Reorient(in_file=str(scan.path)), name="reorient", run_without_submitting=True)
+    device = config.device_used or config.device
+    uses_gpu = device.startswith("cuda")
+    enhance = pe.Node(
+        EnhanceImage(settings=_settings_for_hash(config), prior_file=str(config.prior_file or ""),
+                     weights_sha256=config.weights_sha256 or "", device=device,
+                     threads=config.omp_nthreads, use_gpu=uses_gpu, label=scan.relpath.name),
+        name="enhance",
+        n_procs=config.omp_nthreads,
+        mem_gb=estimate_enhance_mem_gb(output_shape or scan.shape[:3], config.num_samples),
+    )
+    sink = pe.Node(
+        DerivativesSink(output_dir=str(config.output_dir), source_relpath=str(scan.relpath),
+                        source_metadata=dict(scan.metadata), input_zooms=list(scan.zooms),
+                        app=app_provenance(config), fmriprep_compat=config.fmriprep_compat),
+        name="ds_enhanced",
+        run_without_submitting=True,
+    )
+    wf.connect([
+        (reorient, enhance, [("out_file", "in_file")]),
+        (enhance, sink, [("out_file", "in_file"), ("std_file", "std_file"), ("info_file", "info_file")]),
+    ])
+    return wf

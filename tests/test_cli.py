@@ -1,0 +1,122 @@
+"""Exit codes and messages of the command line (in-process, nothing enhanced)."""
+
+import json
+
+import pytest
+from conftest import prior_args
+
+from diffdeur_bids.cli import run_cli
+
+
+def _run(capsys, *args):
+    code = run_cli([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
+def test_help_and_version(capsys):
+    assert _run(capsys, "--help")[0] == 0
+    code, text = _run(capsys, "--version")
+    assert code == 0 and text.startswith("diffdeur v")
+
+
+@pytest.mark.parametrize("args", [[], ["only_one"], ["a", "b", "participant", "--no-such-option"],
+                                  ["a", "b", "participant", "--quality", "ultra"],
+                                  ["a", "b", "participant", "--device", "gpu"],
+                                  ["a", "b", "participant", "--mem", "lots"],
+                                  ["a", "b", "participant", "--output-resolution", "0"]])
+def test_usage_errors_exit_64(capsys, args):
+    assert _run(capsys, *args)[0] == 64
+
+
+@pytest.mark.parametrize("level", ["group", "session", "Participant"])
+def test_unknown_level_exits_17(capsys, tmp_path, level):
+    code, text = _run(capsys, tmp_path, tmp_path / "out", level)
+    assert code == 17 and "participant" in text
+
+
+def test_missing_or_non_bids_input_exits_66(capsys, tmp_path):
+    assert _run(capsys, tmp_path / "nope", tmp_path / "out", "participant")[0] == 66
+    code, text = _run(capsys, tmp_path, tmp_path / "out", "participant")
+    assert code == 66 and "dataset_description.json" in text
+
+
+def test_output_or_work_inside_input_exits_73(capsys, raw_bids, tmp_path):
+    base = [raw_bids]
+    assert _run(capsys, *base, raw_bids, "participant", "--dry-run")[0] == 73
+    assert _run(capsys, *base, raw_bids / "sub-01" / "out", "participant", "--dry-run")[0] == 73
+    assert _run(capsys, *base, tmp_path / "out", "participant", "-w", raw_bids / "work", "--dry-run")[0] == 73
+    code, text = _run(capsys, *base, tmp_path / "out", "participant", "-w", tmp_path / "w", "--dry-run",
+                      "--skip-bids-validation", "--device", "cpu", *prior_args())
+    assert code == 0, text
+    code, _ = _run(capsys, *base, raw_bids / "derivatives" / "diffdeur", "participant", "-w", tmp_path / "w",
+                   "--dry-run", "--skip-bids-validation", "--device", "cpu", *prior_args())
+    assert code == 0  # <bids>/derivatives/<name> is the recommended place
+    assert not (raw_bids / "derivatives").exists() and not (tmp_path / "out").exists()  # a dry run writes nothing
+
+
+def test_unwritable_output_exits_73(capsys, raw_bids, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")  # nothing can be created below a file, even by root
+    code, text = _run(capsys, raw_bids, blocker / "out", "participant", "-w", tmp_path / "w")
+    assert code == 73 and "cannot be created" in text
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--participant-label", "03"], "not found"),
+    (["--participant-label", "01", "--session-label", "07"], "session"),
+    (["--max-field-strength", "0.01"], "no low-field scan"),
+    (["--modalities", "FLAIR"], "FLAIR"),
+])
+def test_empty_selection_exits_18(capsys, raw_bids, tmp_path, extra, needle):
+    code, text = _run(capsys, raw_bids, tmp_path / "out", "participant", "-w", tmp_path / "w",
+                      "--skip-bids-validation", "--device", "cpu", "--dry-run", *prior_args(), *extra)
+    assert code == (66 if extra == ["--modalities", "FLAIR"] else 18), text
+    assert needle in text
+
+
+def test_filter_file_selecting_nothing_exits_18(capsys, raw_bids, tmp_path):
+    f = tmp_path / "filters.json"
+    f.write_text(json.dumps({"t1w": {"acquisition": "none"}}))
+    code, _ = _run(capsys, raw_bids, tmp_path / "out", "participant", "--modalities", "T1w", "--bids-filter-file", f,
+                   "-w", tmp_path / "w", "--skip-bids-validation", "--device", "cpu", "--dry-run")
+    assert code == 18
+    f.write_text("{broken")
+    assert _run(capsys, raw_bids, tmp_path / "out", "participant", "--bids-filter-file", f,
+                "-w", tmp_path / "w", "--skip-bids-validation", "--device", "cpu", "--dry-run")[0] == 64
+
+
+def test_label_with_path_characters_exits_64(capsys, raw_bids, tmp_path):
+    assert _run(capsys, raw_bids, tmp_path / "out", "participant", "--participant-label", "../x",
+                "-w", tmp_path / "w", "--skip-bids-validation", "--device", "cpu")[0] == 64
+
+
+def test_invalid_dataset_exits_16(capsys, fresh_bids, tmp_path):
+    (fresh_bids / "dataset_description.json").write_text('{"Name": "no BIDSVersion"}')
+    code, text = _run(capsys, fresh_bids, tmp_path / "out", "participant", "-w", tmp_path / "w", "--dry-run",
+                      "--device", "cpu")
+    assert code == 16 and "BIDSVersion" in text and "--skip-bids-validation" in text
+
+
+def test_dry_run_prints_plan(capsys, raw_bids, tmp_path):
+    code, text = _run(capsys, raw_bids, tmp_path / "out", "participant", "-w", tmp_path / "w", "--dry-run",
+                      "--device", "cpu", "--participant_label", "sub-01", "02", "--mem", "2G", *prior_args())
+    assert code == 0, text
+    assert "Plan: 4 scan(s) to enhance, 2 skipped" in text
+    assert "0.064 T  4x4x8 mm  20x24x8  -> enhance to 80x96x64" in text  # 1 mm default: 4x4x8 split whole
+    assert "--mem 2G understood as 2.0 GB" in text
+    assert "BIDS validation passed" in text
+
+
+def test_cuda_without_gpu_fails_at_start(capsys, raw_bids, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    code, text = _run(capsys, raw_bids, tmp_path / "out", "participant", "--device", "cuda", "--dry-run")
+    assert code == 1 and "--gpus all" in text
+
+
+def test_synthseg_is_refused_clearly(capsys, raw_bids, tmp_path):
+    code, text = _run(capsys, raw_bids, tmp_path / "out", "participant", "--synthseg", "--device", "cpu", "--dry-run")
+    assert code == 1 and "SynthSeg support is not available yet" in text

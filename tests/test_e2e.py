@@ -1,0 +1,165 @@
+"""End to end: the real app (run.py in a subprocess) on the tiny dataset, with the real method.
+
+``--quality fast --steps 2 --output-resolution 4`` keeps each scan to seconds on two CPU cores.
+The first run uses ``--num-samples 2 --fmriprep-compat`` so every kind of output is written once.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+tomllib = __import__("pytest").importorskip("tomllib")  # Python >= 3.11
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import HF_SCAN, LF_SCANS, NO_FIELD_SCAN, build_raw_dataset, prior_args
+
+from diffdeur_bids.bids import naming
+from diffdeur_bids.bids.validation import errors_of, run_validator
+from diffdeur_bids.enhance import EnhanceSettings, output_grid
+from diffdeur_bids.imageio import ras_grid
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--quality", "fast", "--steps", "2", "--output-resolution", "4", "--device", "cpu",
+        "--nprocs", "2", "--omp-nthreads", "1"]
+
+
+def run_app(*args, timeout=600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        h.update(str(p.relative_to(root)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    raw = build_raw_dataset(root / "raw")
+    before = tree_digest(raw)
+    out, work = root / "derivatives" / "diffdeur", root / "work"
+    proc = run_app(raw, out, "participant", "-w", work, *FAST, "--num-samples", "2", "--fmriprep-compat", *prior_args())
+    return dict(raw=raw, out=out, work=work, proc=proc, raw_digest=before)
+
+
+def test_run_succeeds_with_plan_and_summary(first_run):
+    proc = first_run["proc"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Plan: 4 scan(s) to enhance, 2 skipped" in proc.stdout
+    assert "Summary: 4 done, 2 skipped, 0 failed" in proc.stdout
+    assert f"{NO_FIELD_SCAN}: no MagneticFieldStrength" in proc.stdout and "--assume-lowfield" in proc.stdout
+
+
+def test_outputs_have_the_right_names_and_grids(first_run):
+    out, raw = first_run["out"], first_run["raw"]
+    expected = set()
+    for src in LF_SCANS:
+        expected |= {naming.enhanced_relpath(src), naming.std_relpath(src)}
+        if src.endswith("_T1w.nii.gz"):
+            expected.add(naming.preproc_relpath(src))
+    written = {p.relative_to(out) for p in out.rglob("*.nii.gz")}
+    assert {str(p) for p in written} == {str(p) for p in expected}
+    for src in LF_SCANS:
+        img = nib.load(str(out / naming.enhanced_relpath(src)))
+        raw_img = nib.load(str(raw / src))
+        shape, affine = ras_grid(raw_img.shape, raw_img.affine)
+        grid = output_grid(shape, affine, 4.0)
+        assert img.shape == tuple(grid.shape) == (20, 24, 16)
+        np.testing.assert_allclose(img.affine, grid.affine, atol=1e-5)
+        assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
+        # the output covers the input field of view: same world-space centre
+        centre = lambda i: (i.affine @ np.r_[(np.array(i.shape[:3]) - 1) / 2, 1])[:3]  # noqa: E731
+        np.testing.assert_allclose(centre(img), centre(raw_img), atol=1e-4)
+        assert img.get_fdata().std() > 0 and np.isfinite(img.get_fdata()).all()
+
+
+def test_input_dataset_untouched(first_run):
+    assert tree_digest(first_run["raw"]) == first_run["raw_digest"]
+    for skipped in (HF_SCAN, NO_FIELD_SCAN):
+        assert not (first_run["out"] / naming.enhanced_relpath(skipped)).exists()
+
+
+def test_bids_validator_passes(first_run):
+    code, report = run_validator(first_run["out"])
+    assert errors_of(report) == [] and code == 0
+
+
+def test_pybids_finds_outputs_with_metadata(first_run):
+    from bids import BIDSLayout
+
+    out = BIDSLayout(str(first_run["out"]), validate=False)
+    files = out.get(desc="enhanced", extension=".nii.gz")
+    assert len(files) == 4
+    assert files[0].get_metadata()["SkullStripped"] is False
+    combined = BIDSLayout(str(first_run["raw"]), derivatives=str(first_run["out"]))
+    found = combined.get(scope="diffdeur", desc="enhanced", subject="01", session="02", extension=".nii.gz")
+    assert [f.filename for f in found] == ["sub-01_ses-02_desc-enhanced_T1w.nii.gz"]
+    assert found[0].get_metadata()["Sources"] == ["bids:raw:sub-01/ses-02/anat/sub-01_ses-02_T1w.nii.gz"]
+    assert len(combined.get(scope="diffdeur", desc="enhancedstd", extension=".nii.gz")) == 4
+
+
+def test_sidecars_and_provenance_complete(first_run):
+    out = first_run["out"]
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "diffdeur"
+    raw_root = (out / desc["DatasetLinks"]["raw"]).resolve()
+    assert raw_root == first_run["raw"].resolve()
+    for src in LF_SCANS:
+        meta = json.loads((out / naming.sidecar_of(naming.enhanced_relpath(src))).read_text())
+        assert meta["SkullStripped"] is False and meta["Description"]
+        assert meta["Resolution"] == "4x4x4 mm (input 4x4x8 mm)"
+        uri = meta["Sources"][0]
+        assert uri.startswith("bids:raw:") and (raw_root / uri.removeprefix("bids:raw:")).is_file()
+        assert meta["MagneticFieldStrength"] == 0.064 and meta["Manufacturer"] == "Hyperfine"  # propagated
+        prov = meta["DiffDeuR"]
+        for key in ("Version", "RunUUID", "CommandLine", "Seed", "Settings", "WeightsSHA256", "Device",
+                    "DeviceName", "TorchVersion", "CUDAVersion", "NoiseSigma", "EnhanceSeconds"):
+            assert key in prov, key
+        assert len(prov["WeightsSHA256"]) == 64 and prov["Seed"] == 0 and prov["Device"] == "cpu"
+        assert set(EnhanceSettings().as_dict()) <= set(prov["Settings"])
+        assert prov["Settings"]["steps"] == 2 and prov["Settings"]["num_samples"] == 2
+        assert prov["NoiseSigma"] > 0
+    log_dirs = list((out / "sub-01" / "log").iterdir())
+    assert len(log_dirs) == 1
+    settings = tomllib.loads((log_dirs[0] / "diffdeur.toml").read_text())["diffdeur"]
+    assert settings["run_uuid"] == log_dirs[0].name == prov["RunUUID"]
+    assert settings["quality"] == "fast" and settings["weights_sha256"] == prov["WeightsSHA256"]
+
+
+def test_rerun_reuses_the_work_dir(first_run):
+    results = sorted(first_run["work"].rglob("enhance/result_enhance.pklz"))
+    assert len(results) == 4
+    stamps = [p.stat().st_mtime_ns for p in results]
+    proc = run_app(first_run["raw"], first_run["out"], "participant", "-w", first_run["work"], *FAST,
+                   "--num-samples", "2", "--fmriprep-compat", "--skip-bids-validation", *prior_args())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Summary: 4 done" in proc.stdout
+    assert [p.stat().st_mtime_ns for p in results] == stamps  # enhancement not redone
+    assert len(list((first_run["out"] / "sub-01" / "log").iterdir())) == 2  # one log folder per run
+
+
+def test_a_failing_scan_does_not_stop_the_others(tmp_path):
+    raw = build_raw_dataset(tmp_path / "raw")
+    bad = raw / LF_SCANS[3]
+    img = nib.load(str(bad))
+    nib.save(nib.Nifti1Image(np.ones(img.shape, np.float32), img.affine), str(bad))  # constant: refused
+    out = tmp_path / "out"
+    proc = run_app(raw, out, "participant", "-w", tmp_path / "work", "--participant-label", "02",
+                   "--assume-lowfield", "--skip-bids-validation", *FAST, *prior_args())
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Summary: 1 done, 0 skipped, 1 failed" in proc.stdout
+    assert f"FAILED   {LF_SCANS[3]}: InvalidInputError: the image is constant" in proc.stdout
+    assert (out / naming.enhanced_relpath(NO_FIELD_SCAN)).exists()  # --assume-lowfield took it
+    crash = list((out / "sub-02" / "log").glob("*/crash-*.txt"))
+    assert len(crash) == 1 and "InvalidInputError" in crash[0].read_text()
+    assert not list(out.rglob("*.tmp"))

@@ -1,0 +1,46 @@
+"""Workflow plumbing without running it: one branch per scan, crash dirs, GPU accounting, stable hashes."""
+
+from pathlib import Path
+
+from diffdeur_bids.bids.discovery import discover
+from diffdeur_bids.config import Config
+from diffdeur_bids.interfaces import EnhanceImage
+from diffdeur_bids.runner import output_shapes
+from diffdeur_bids.workflows import init_diffdeur_wf
+
+
+def _workflow(raw_bids, tmp_path, device="cpu"):
+    config = Config(bids_dir=raw_bids, output_dir=tmp_path / "out", work_dir=tmp_path / "work",
+                    quality="fast", output_resolution=2.0, omp_nthreads=2, device_used=device, weights_sha256="ab" * 32)
+    scans = discover(raw_bids).scans
+    return config, init_diffdeur_wf(config, scans, output_shapes(scans, 2.0))
+
+
+def test_one_branch_per_scan_with_crash_dir_per_subject(raw_bids, tmp_path):
+    config, wf = _workflow(raw_bids, tmp_path)
+    nodes = wf._get_all_nodes()
+    assert wf.name == "diffdeur_0_1_wf" and sorted(w.name for w in wf._graph.nodes()) == ["sub_01_wf", "sub_02_wf"]
+    enhance = sorted(n.fullname for n in nodes if n.name == "enhance")
+    assert enhance == ["sub_01_ses_01_T1w_wf.enhance", "sub_01_ses_01_T2w_wf.enhance",
+                       "sub_01_ses_02_T1w_wf.enhance", "sub_02_run_01_T1w_wf.enhance"]
+    assert len(nodes) == 3 * len(enhance)  # reorient -> enhance -> ds_enhanced
+    for node in nodes:
+        subject = "02" if node.fullname.startswith("sub_02") else "01"
+        assert node.config["execution"]["crashdump_dir"] == str(Path(config.output_dir) / f"sub-{subject}" / "log" / config.run_uuid)
+    node = next(n for n in nodes if n.name == "enhance")
+    assert node.n_procs == 2 and 0.5 < node.mem_gb < 2  # 40x48x32 output voxels
+    assert not node.is_gpu_node()
+
+
+def test_gpu_nodes_are_visible_to_multiproc(raw_bids, tmp_path):
+    _, wf = _workflow(raw_bids, tmp_path, device="cuda:0")
+    assert all(n.is_gpu_node() for n in wf._get_all_nodes() if n.name == "enhance")
+
+
+def test_device_and_threads_do_not_change_the_hash():
+    common = dict(settings={"steps": 2}, weights_sha256="x")
+    cpu = EnhanceImage(device="cpu", threads=1, use_gpu=False, label="a", **common)
+    gpu = EnhanceImage(device="cuda:0", threads=8, use_gpu=True, label="b", **common)
+    assert cpu.inputs.get_hashval()[1] == gpu.inputs.get_hashval()[1]
+    other = EnhanceImage(device="cpu", settings={"steps": 3}, weights_sha256="x")
+    assert other.inputs.get_hashval()[1] != cpu.inputs.get_hashval()[1]
