@@ -4,8 +4,9 @@ Thin on purpose: parse, check what can be checked from the arguments alone, buil
 :class:`~diffdeur_bids.config.Config` and hand it to :func:`diffdeur_bids.runner.run`. This is
 the one place that turns errors into exit codes (BEP027 / fMRIPrep):
 
-    0 ok · 1 failure · 16 input failed BIDS validation · 17 unknown analysis level
-    18 labels/filters/selection left nothing · 64 usage · 66 no input · 73 cannot create output
+    0 ok · 1 failure (also a missing component: no SynthSeg backend or weights) · 16 input failed
+    BIDS validation · 17 unknown analysis level · 18 labels/filters/selection left nothing · 64 usage
+    66 no input · 73 cannot create output
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ EXIT_CODES = {
     FeatureUnavailableError: 1,
 }
 EXIT_USAGE = 64
+SYNTHSEG_MODEL_ENV = "DIFFDEUR_SYNTHSEG_MODEL"  # the container images bake the weights there
 
 log = logging.getLogger("diffdeur")
 
@@ -127,7 +129,17 @@ _POSITIVE_MM = click.FloatRange(min=0, min_open=True, max=20)
 @click.option("--prior", "prior_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
               help="Diffusion prior weights (.safetensors from diffdeur-train-prior); default: the shipped prior.")
 @click.option("--synthseg/--no-synthseg", default=False, show_default=True,
-              help="Segment the enhanced images with SynthSeg.")
+              help="Segment the enhanced images with SynthSeg (needs FreeSurfer >= 7.3 or the SynthSeg weights).")
+@click.option("--synthseg-model", type=click.Path(dir_okay=False, path_type=Path), envvar=SYNTHSEG_MODEL_ENV,
+              show_envvar=True, metavar="PATH",
+              help="SynthSeg weights for the built-in PyTorch port: synthseg_2.0.h5 (synthseg_robust_2.0.h5 with "
+                   "--synthseg-robust) or a converted .safetensors. Never downloaded.")
+@click.option("--synthseg-robust", is_flag=True, help="SynthSeg-robust 2.0 (for low-quality or thick-slice scans).")
+@click.option("--synthseg-backend", type=click.Choice(["auto", "torch", "freesurfer"]), default="auto",
+              show_default=True, help="auto: the port when weights are given, else FreeSurfer's mri_synthseg if "
+                                      "installed, else the port with FreeSurfer's weights.")
+@click.option("--synthseg-parc", is_flag=True,
+              help="Add the cortical parcellation (FreeSurfer backend only; the port does not implement it).")
 @click.option("--fmriprep-compat", is_flag=True,
               help="Also write desc-preproc_T1w so 'fmriprep ... -d diffdeur=<output_dir>' uses the enhanced T1w.")
 # -- performance and execution
@@ -163,6 +175,7 @@ def cli(ctx, **opts) -> int:
     nprocs = opts["nprocs"] or available_cpus()
     omp = opts["omp_nthreads"] or min(nprocs, 8)
     _setup_logging(opts["verbose"])
+    synthseg_model = _synthseg_options(ctx, opts)
     if omp > nprocs:
         log.warning("--omp-nthreads %d is more than --nprocs %d: scans will compete for CPUs", omp, nprocs)
     mem_text, mem_gb = opts["mem"] or (None, None)
@@ -179,7 +192,9 @@ def cli(ctx, **opts) -> int:
         quality=opts["quality"], output_resolution=opts["output_resolution"], steps=opts["steps"],
         num_samples=opts["num_samples"], random_seed=opts["random_seed"], device=opts["device"],
         prior_file=opts["prior_file"].absolute() if opts["prior_file"] else None,
-        synthseg=opts["synthseg"], fmriprep_compat=opts["fmriprep_compat"],
+        synthseg=opts["synthseg"], synthseg_model=synthseg_model, synthseg_robust=opts["synthseg_robust"],
+        synthseg_backend=opts["synthseg_backend"], synthseg_parc=opts["synthseg_parc"],
+        fmriprep_compat=opts["fmriprep_compat"],
         work_dir=(opts["work_dir"] or _default_work_dir()).absolute(), nprocs=nprocs, omp_nthreads=omp,
         mem_gb=mem_gb, stop_on_first_crash=opts["stop_on_first_crash"], dry_run=opts["dry_run"],
         verbose=opts["verbose"], command_line=ctx.obj or "diffdeur",
@@ -187,6 +202,41 @@ def cli(ctx, **opts) -> int:
     from .runner import run
 
     return run(config)
+
+
+def _synthseg_options(ctx, opts) -> Path | None:
+    """Check the --synthseg-* options against each other; return the weights file to use, if any.
+
+    A weights file from ``$DIFFDEUR_SYNTHSEG_MODEL`` is only a default: it is set aside (with a message)
+    when the FreeSurfer backend is asked for (``--synthseg-backend freesurfer`` or ``--synthseg-parc``)
+    or when the file does not exist (an image built without the weights), whereas ``--synthseg-model``
+    given together with those options is a usage error, and a missing file given there fails at start.
+    """
+    from click.core import ParameterSource
+
+    model = opts["synthseg_model"]
+    from_env = ctx.get_parameter_source("synthseg_model") == ParameterSource.ENVIRONMENT
+    wants_freesurfer = opts["synthseg_backend"] == "freesurfer" or opts["synthseg_parc"]
+    if model is not None and not from_env and wants_freesurfer:
+        other = "--synthseg-parc" if opts["synthseg_parc"] else "--synthseg-backend freesurfer"
+        raise UsageError(f"--synthseg-model is for the PyTorch port; it cannot be used with {other}")
+    if opts["synthseg_parc"] and opts["synthseg_backend"] == "torch":
+        raise UsageError("--synthseg-parc is available with FreeSurfer's mri_synthseg only: the PyTorch port "
+                         "does not implement the cortical parcellation; use --synthseg-backend freesurfer or auto")
+    if not opts["synthseg"]:
+        given = [f"--synthseg-{name}" for name in ("robust", "parc") if opts[f"synthseg_{name}"]]
+        given += ["--synthseg-model"] if model is not None and not from_env else []
+        given += ["--synthseg-backend"] if opts["synthseg_backend"] != "auto" else []
+        if given:
+            log.warning("%s has no effect without --synthseg", ", ".join(given))
+        return None
+    if model is not None and from_env and wants_freesurfer:
+        log.info("Ignoring %s=%s: the FreeSurfer backend was asked for", SYNTHSEG_MODEL_ENV, model)
+        return None
+    if model is not None and from_env and not model.exists():  # e.g. an image built without the weights
+        log.warning("Ignoring %s=%s: no such file", SYNTHSEG_MODEL_ENV, model)
+        return None
+    return model.absolute() if model is not None else None
 
 
 def _canonical_modalities(values) -> list[str]:

@@ -45,6 +45,10 @@ class Config:
     device: str = "auto"
     prior_file: Path | None = None     # None: the prior shipped with the package
     synthseg: bool = False
+    synthseg_model: Path | None = None  # --synthseg-model or $DIFFDEUR_SYNTHSEG_MODEL
+    synthseg_robust: bool = False
+    synthseg_backend: str = "auto"     # auto | torch | freesurfer
+    synthseg_parc: bool = False        # FreeSurfer backend only
     fmriprep_compat: bool = False
     # execution
     work_dir: Path = Path("work")
@@ -60,6 +64,10 @@ class Config:
     command_line: str = ""
     weights_sha256: str | None = None
     device_used: str | None = None     # what "auto" resolved to
+    synthseg_backend_used: str | None = None   # what "auto" resolved to: torch or freesurfer
+    synthseg_weights: Path | None = None       # the weights file the segmentation uses (torch; FreeSurfer's own)
+    synthseg_weights_sha256: str | None = None
+    synthseg_official_file: str | None = None  # the official file the weights are (size and sha256), if any
 
     def enhance_settings(self, threads: int | None = None):
         """The method's settings for this run (device and threads do not change the result)."""

@@ -46,3 +46,15 @@ def save_volume(path: str | Path, data: np.ndarray, affine: np.ndarray, qform_co
     img.header.set_xyzt_units("mm")
     nib.save(img, str(path))
     return Path(path)
+
+
+def save_labels(path: str | Path, labels: np.ndarray, affine: np.ndarray, qform_code: int = 1) -> Path:
+    """Save a label map as int16 (qform and sform as :func:`save_volume`, no intensity scaling)."""
+    img = nib.Nifti1Image(np.asarray(labels, dtype=np.int16), affine)
+    img.header.set_data_dtype(np.int16)
+    img.header.set_slope_inter(1.0, 0.0)
+    img.set_qform(affine, code=qform_code)
+    img.set_sform(affine, code=qform_code)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))
+    return Path(path)

@@ -24,14 +24,32 @@ def format_plan(discovery, output_shapes: dict, config) -> str:
     n, k = len(discovery.scans), len(discovery.skipped)
     lines = [f"Plan: {n} scan(s) to enhance, {k} skipped "
              f"(quality {config.quality}, output {config.output_resolution:g} mm, device {config.device_used or config.device})"]
+    segmented = {}
+    if getattr(config, "synthseg", False):
+        lines.append(_synthseg_line(config))
+        segmented = {src: dseg for dseg, src in naming.synthseg_sources(s.relpath for s in discovery.scans).items()}
     for scan in discovery.scans:
         out_shape = output_shapes.get(str(scan.relpath))
+        seg = f"\n      + segment: {segmented[str(scan.relpath)]}" if str(scan.relpath) in segmented else ""
         lines.append(f"  {scan.relpath}  {_tesla(scan.field_strength)}  {_mm(scan.zooms)}  {_shape(scan.shape)}"
-                     f"  -> enhance to {_shape(out_shape) if out_shape else '?'}: {naming.enhanced_relpath(scan.relpath)}")
+                     f"  -> enhance to {_shape(out_shape) if out_shape else '?'}: "
+                     f"{naming.enhanced_relpath(scan.relpath)}{seg}")
     if discovery.skipped:
         lines.append("Skipped:")
         lines += [f"  {s.relpath}: {s.reason}" for s in discovery.skipped]
     return "\n".join(lines)
+
+
+def _synthseg_line(config) -> str:
+    kind = "SynthSeg-robust 2.0" if config.synthseg_robust else "SynthSeg 2.0"
+    if config.synthseg_backend_used == "freesurfer":
+        how = "FreeSurfer mri_synthseg" + (" --parc" if config.synthseg_parc else "")
+    else:
+        weights = config.synthseg_weights.name if config.synthseg_weights else "?"
+        how = f"PyTorch port, weights {weights}"
+    return (f"Then segment with {kind} ({how}) the enhanced images marked '+ segment' (one per set of entities: "
+            f"T1w, else T2w, else FLAIR) -> *_desc-{naming.DESC_SYNTHSEG}_dseg.nii.gz and "
+            f"*_desc-{naming.DESC_SYNTHSEG}_{naming.VOLUMES_SUFFIX}.tsv")
 
 
 @dataclass

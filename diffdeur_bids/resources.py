@@ -62,3 +62,25 @@ def estimate_enhance_mem_gb(output_shape, num_samples: int = 1) -> float:
     per_sample = voxels * _BYTES_PER_OUTPUT_VOXEL / 1024**3
     extra_maps = voxels * 4 * 3 / 1024**3 if num_samples > 1 else 0.0  # running mean, M2, std
     return round(_BASE_GB + per_sample + extra_maps, 2)
+
+
+# Peak RSS of one SynthSeg segmentation of a 1 mm head (python -m diffdeur_bids.segment.bench, 2 CPU
+# threads, 192x224x192 head crop): tiny test weights 2.1 GiB, official-width 2.0 3.6 GiB, robust 3.9 GiB.
+# Rounded up; the input grid adds its float copies and label maps. mri_synthseg (TensorFlow) is not
+# measured here: counted as the official port plus 2 GB.
+_SYNTHSEG_BASE_GB = {"tiny": 2.2, "official": 3.8, "robust": 4.1}
+_SYNTHSEG_BYTES_PER_INPUT_VOXEL = 24
+_OFFICIAL_SIZED_BYTES = 20 * 1024**2  # the official files are 53 MB (2.0) and 215 MB (robust)
+
+
+def estimate_synthseg_mem_gb(input_shape, robust: bool = False, weights_bytes: int | None = None,
+                             backend: str = "torch") -> float:
+    """Memory of one segmentation, for Nipype's scheduling under ``--mem``."""
+    if weights_bytes is not None and weights_bytes < _OFFICIAL_SIZED_BYTES:
+        base = _SYNTHSEG_BASE_GB["tiny"]
+    else:
+        base = _SYNTHSEG_BASE_GB["robust" if robust else "official"]
+    if backend == "freesurfer":
+        base += 2.0
+    voxels = math.prod(int(n) for n in input_shape)
+    return round(base + voxels * _SYNTHSEG_BYTES_PER_INPUT_VOXEL / 1024**3, 2)

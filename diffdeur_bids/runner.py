@@ -77,11 +77,60 @@ def check_device(config: Config) -> str:
     return device
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+PARC_HELP = ("--synthseg-parc needs FreeSurfer's mri_synthseg (FreeSurfer >= 7.3 on the PATH, FREESURFER_HOME "
+             "and a licence): the PyTorch port does not implement SynthSeg's cortical parcellation")
+
+
 def check_synthseg(config: Config) -> None:
-    """SynthSeg is wired here once ``diffdeur_bids.segment`` offers it to the app; until then, say so."""
-    if config.synthseg:
-        raise FeatureUnavailableError("SynthSeg support is not available yet in this version of diffdeur; "
-                                      "run without --synthseg")
+    """Choose the SynthSeg backend and check its weights now, before any enhancement runs.
+
+    Fills ``config.synthseg_backend_used``, ``synthseg_weights`` (the port's weights, or the ones
+    FreeSurfer ships, for the record) and their sha256. No backend, a missing, corrupt or wrong
+    weights file, or ``--synthseg-parc`` without FreeSurfer: :class:`FeatureUnavailableError` (exit 1)
+    whose message says where to get the weights.
+    """
+    if not config.synthseg:
+        return
+    from .segment import (OFFICIAL_WEIGHTS, SegmentationError, SegmentationUnavailable, choose_backend,
+                          default_weights, freesurfer_status)
+
+    if config.synthseg_parc:
+        ok, reason = freesurfer_status()
+        if not ok or config.synthseg_backend == "torch" or config.synthseg_model is not None:
+            raise FeatureUnavailableError(f"{PARC_HELP}; here: {reason if not ok else 'the torch port was asked for'}. "
+                                          "Run without --synthseg-parc to use the port.")
+    try:
+        backend, weights = choose_backend(config.synthseg_model, config.synthseg_robust, config.synthseg_backend)
+    except SegmentationError as e:
+        env = (" The environment variable DIFFDEUR_SYNTHSEG_MODEL may also name the weights file "
+               "(the container images set it).") if isinstance(e, SegmentationUnavailable) else ""
+        raise FeatureUnavailableError(f"--synthseg: {e}{env}") from e
+    if backend == "freesurfer":
+        weights = default_weights(config.synthseg_robust)  # what mri_synthseg will load, for the record only
+    config.synthseg_backend_used = backend
+    config.synthseg_weights = Path(weights).absolute() if weights else None
+    if weights:
+        config.synthseg_weights_sha256 = _sha256(Path(weights))
+        size = Path(weights).stat().st_size
+        config.synthseg_official_file = next((name for name, (n, sha) in OFFICIAL_WEIGHTS.items()
+                                              if n == size and sha == config.synthseg_weights_sha256), None)
+    kind = "robust 2.0" if config.synthseg_robust else "2.0"
+    if backend == "torch":
+        official = config.synthseg_official_file or "not an official SynthSeg file"
+        log.info("SynthSeg %s: PyTorch port, weights %s (sha256 %s, %s)", kind, config.synthseg_weights,
+                 config.synthseg_weights_sha256, official)
+    else:
+        log.info("SynthSeg %s: FreeSurfer mri_synthseg%s", kind, " --parc" if config.synthseg_parc else "")
 
 
 def check_settings(config: Config) -> None:
@@ -149,16 +198,20 @@ def _crash_reasons(crash_files) -> dict:
 
 
 def collect_outcome(config: Config, discovery, started: float) -> Outcome:
-    """A scan is done when its derivative was (re)written by this run: the sink writes the image last."""
+    """A scan is done when its derivatives (enhanced image, and segmentation with ``--synthseg``) were
+    (re)written by this run: the sinks write the image last."""
     out = Outcome(skipped=[f"{s.relpath}: {s.reason}" for s in discovery.skipped if not s.error])
     out.failed = [f"{s.relpath}: {s.reason}" for s in discovery.skipped if s.error]
     for subject in sorted({s.subject for s in discovery.scans}):
         folder = naming.subject_log_dir(config.output_dir, subject, config.run_uuid)
         out.crash_files += sorted(str(p) for p in folder.glob("crash-*.txt"))
     reasons = _crash_reasons(out.crash_files)
+    segmented = set(naming.synthseg_sources(s.relpath for s in discovery.scans).values()) if config.synthseg else set()
     for scan in discovery.scans:
-        dest = config.output_dir / naming.enhanced_relpath(scan.relpath)
-        if dest.exists() and dest.stat().st_mtime >= started - 1:
+        dests = [config.output_dir / naming.enhanced_relpath(scan.relpath)]
+        if str(scan.relpath) in segmented:
+            dests.append(config.output_dir / naming.synthseg_relpath(scan.relpath))
+        if all(dest.exists() and dest.stat().st_mtime >= started - 1 for dest in dests):
             out.done.append(str(scan.relpath))
         else:
             why = reasons.get(f"{naming.node_name(scan.relpath)}_wf", "not run (stopped early, see the log)")

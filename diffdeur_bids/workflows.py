@@ -3,6 +3,7 @@
     diffdeur_<major>_<minor>_wf
       sub_<label>_wf                 crash files -> <out>/sub-<label>/log/<run_uuid>/
         <scan>_wf: reorient (RAS+) -> enhance -> ds_enhanced (derivatives sink)
+                                        enhance -> synthseg -> ds_synthseg       (with --synthseg)
 
 The top-level name carries the app's minor version so a new release never reuses stale work.
 A rerun with the same work dir skips nodes whose inputs did not change (Nipype's hashing).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from pathlib import Path
 
 os.environ["NIPYPE_NO_ET"] = "1"
 
@@ -20,8 +22,8 @@ from nipype.pipeline import engine as pe  # noqa: E402
 from . import __version__  # noqa: E402
 from .bids import naming  # noqa: E402
 from .config import Config, utc_now  # noqa: E402
-from .interfaces import DerivativesSink, EnhanceImage, Reorient  # noqa: E402
-from .resources import estimate_enhance_mem_gb  # noqa: E402
+from .interfaces import DerivativesSink, EnhanceImage, Reorient, SegmentationSink, SynthSeg  # noqa: E402
+from .resources import estimate_enhance_mem_gb, estimate_synthseg_mem_gb  # noqa: E402
 
 
 def workflow_name() -> str:
@@ -40,10 +42,19 @@ def init_diffdeur_wf(config: Config, scans, output_shapes: dict) -> pe.Workflow:
     return wf
 
 
+def synthseg_targets(config: Config, scans) -> set[str]:
+    """Relpaths of the scans to segment: one per segmentation name (T1w first), none without --synthseg."""
+    if not config.synthseg:
+        return set()
+    return set(naming.synthseg_sources(scan.relpath for scan in scans).values())
+
+
 def init_subject_wf(config: Config, subject: str, scans, output_shapes: dict) -> pe.Workflow:
     wf = pe.Workflow(name=f"sub_{subject}_wf")
+    targets = synthseg_targets(config, scans)
     for scan in scans:
-        wf.add_nodes([init_scan_wf(config, scan, output_shapes.get(str(scan.relpath)))])
+        wf.add_nodes([init_scan_wf(config, scan, output_shapes.get(str(scan.relpath)),
+                                   synthseg=str(scan.relpath) in targets)])
     crash_dir = str(naming.subject_log_dir(config.output_dir, subject, config.run_uuid))
     for node in wf._get_all_nodes():
         node.config = node.config or {}
@@ -64,7 +75,8 @@ def app_provenance(config: Config) -> dict:
             "Date": utc_now()}
 
 
-def init_scan_wf(config: Config, scan, output_shape=None) -> pe.Workflow:
+def init_scan_wf(config: Config, scan, output_shape=None, synthseg: bool | None = None) -> pe.Workflow:
+    """One scan's branch; ``synthseg`` (default: ``config.synthseg``) adds the segmentation nodes."""
     wf = pe.Workflow(name=f"{naming.node_name(scan.relpath)}_wf")
     reorient = pe.Node(Reorient(in_file=str(scan.path)), name="reorient", run_without_submitting=True)
     device = config.device_used or config.device
@@ -88,4 +100,32 @@ def init_scan_wf(config: Config, scan, output_shape=None) -> pe.Workflow:
         (reorient, enhance, [("out_file", "in_file")]),
         (enhance, sink, [("out_file", "in_file"), ("std_file", "std_file"), ("info_file", "info_file")]),
     ])
+    if config.synthseg if synthseg is None else synthseg:
+        seg, ds_seg = _synthseg_nodes(config, scan, output_shape, uses_gpu, device)
+        wf.connect([
+            (enhance, seg, [("out_file", "in_file")]),
+            (seg, ds_seg, [("out_file", "in_file"), ("volumes_file", "volumes_file"), ("info_file", "info_file")]),
+        ])
     return wf
+
+
+def _synthseg_nodes(config: Config, scan, output_shape, uses_gpu: bool, device: str):
+    """SynthSeg on the enhanced image, then its sink; backend and weights were checked at start-up."""
+    backend = config.synthseg_backend_used or "torch"
+    weights = config.synthseg_weights
+    weights_bytes = Path(weights).stat().st_size if weights and Path(weights).is_file() else None
+    seg = pe.Node(
+        SynthSeg(backend=backend, model_file=str(weights or ""), model_sha256=config.synthseg_weights_sha256 or "",
+                 official_file=config.synthseg_official_file or "", robust=config.synthseg_robust,
+                 parc=config.synthseg_parc, device=device, threads=config.omp_nthreads, use_gpu=uses_gpu),
+        name="synthseg",
+        n_procs=config.omp_nthreads,
+        mem_gb=estimate_synthseg_mem_gb(output_shape or scan.shape[:3], config.synthseg_robust, weights_bytes, backend),
+    )
+    ds_seg = pe.Node(
+        SegmentationSink(output_dir=str(config.output_dir), source_relpath=str(scan.relpath),
+                         app=app_provenance(config)),
+        name="ds_synthseg",
+        run_without_submitting=True,
+    )
+    return seg, ds_seg

@@ -1,6 +1,9 @@
 """Exit codes and messages of the command line (in-process, nothing enhanced)."""
 
 import json
+import os
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import prior_args
@@ -117,6 +120,82 @@ def test_cuda_without_gpu_fails_at_start(capsys, raw_bids, tmp_path):
     assert code == 1 and "--gpus all" in text
 
 
-def test_synthseg_is_refused_clearly(capsys, raw_bids, tmp_path):
-    code, text = _run(capsys, raw_bids, tmp_path / "out", "participant", "--synthseg", "--device", "cpu", "--dry-run")
-    assert code == 1 and "SynthSeg support is not available yet" in text
+SYNTHSEG_DATA = Path(__file__).parent / "data" / "synthseg"
+
+
+@pytest.fixture()
+def no_synthseg(monkeypatch, tmp_path):
+    """No FreeSurfer (hence no mri_synthseg and no FreeSurfer weights) and no baked-in weights."""
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + "/usr/bin" + os.pathsep + "/bin")
+    monkeypatch.delenv("FREESURFER_HOME", raising=False)
+    monkeypatch.delenv("DIFFDEUR_SYNTHSEG_MODEL", raising=False)
+
+
+def test_synthseg_without_backend_fails_before_any_work(capsys, raw_bids, tmp_path, no_synthseg):
+    out, work = tmp_path / "out", tmp_path / "w"
+    code, text = _run(capsys, raw_bids, out, "participant", "--synthseg", "--device", "cpu", "-w", work,
+                      "--skip-bids-validation", *prior_args())
+    assert code == 1, text
+    for needle in ("no SynthSeg backend", "synthseg_2.0.h5", "--synthseg-model", "FREESURFER_HOME",
+                   "not downloaded", "DIFFDEUR_SYNTHSEG_MODEL"):
+        assert needle in text, needle
+    assert "Plan:" not in text and not out.exists() and not work.exists()  # nothing planned, enhanced or written
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"\x00" * 4096, "not an HDF5 file"),
+    ("half", "truncated or corrupt"),
+    ("robust", "is a non-robust SynthSeg network"),
+    ("missing", "weights file not found"),
+])
+def test_synthseg_bad_weights_fail_at_start(capsys, raw_bids, tmp_path, no_synthseg, content, needle):
+    weights = tmp_path / "synthseg_2.0.h5"
+    tiny = (SYNTHSEG_DATA / "synthseg2_tiny.h5").read_bytes()
+    extra = []
+    if content == "half":
+        weights.write_bytes(tiny[: len(tiny) // 2])
+    elif content == "robust":
+        weights.write_bytes(tiny)
+        extra = ["--synthseg-robust"]
+    elif content != "missing":
+        weights.write_bytes(content)
+    code, text = _run(capsys, raw_bids, tmp_path / "out", "participant", "--synthseg", "--synthseg-model", weights,
+                      *extra, "--device", "cpu", "-w", tmp_path / "w", "--skip-bids-validation", *prior_args())
+    assert code == 1 and needle in text, text
+    assert "Plan:" not in text and not (tmp_path / "out").exists()
+
+
+def test_synthseg_weights_from_the_environment(capsys, raw_bids, tmp_path, no_synthseg, monkeypatch):
+    monkeypatch.setenv("DIFFDEUR_SYNTHSEG_MODEL", str(SYNTHSEG_DATA / "synthseg2_tiny.h5"))
+    code, text = _run(capsys, raw_bids, tmp_path / "out", "participant", "--synthseg", "--device", "cpu",
+                      "--dry-run", "--skip-bids-validation", "-w", tmp_path / "w", *prior_args())
+    assert code == 0, text
+    assert "SynthSeg 2.0 (PyTorch port, weights synthseg2_tiny.h5)" in text and "34feba2f51d6" in text
+    # the FreeSurfer backend sets the baked-in default aside (and says it has no FreeSurfer here)
+    code, text = _run(capsys, raw_bids, tmp_path / "out", "participant", "--synthseg", "--synthseg-backend",
+                      "freesurfer", "--device", "cpu", "--dry-run", "--skip-bids-validation", *prior_args())
+    assert code == 1 and "FreeSurfer backend unavailable" in text, text
+    # an image built without the weights: the variable names no file, so it is ignored, with a message
+    monkeypatch.setenv("DIFFDEUR_SYNTHSEG_MODEL", str(tmp_path / "synthseg_2.0.h5"))
+    code, text = _run(capsys, raw_bids, tmp_path / "out", "participant", "--synthseg", "--device", "cpu",
+                      "--dry-run", "--skip-bids-validation", *prior_args())
+    assert code == 1 and "Ignoring DIFFDEUR_SYNTHSEG_MODEL" in text and "no SynthSeg backend" in text, text
+
+
+@pytest.mark.parametrize("args, code, needle", [
+    (["--synthseg-parc", "--synthseg-backend", "torch"], 64, "does not implement the cortical parcellation"),
+    (["--synthseg-parc", "--synthseg-model", "w.h5"], 64, "--synthseg-model is for the PyTorch port"),
+    (["--synthseg-backend", "freesurfer", "--synthseg-model", "w.h5"], 64, "--synthseg-model is for the PyTorch port"),
+    (["--synthseg-backend", "onnx"], 64, "onnx"),
+    (["--synthseg-parc"], 1, "the PyTorch port does not implement SynthSeg's cortical parcellation"),
+])
+def test_synthseg_option_combinations(capsys, raw_bids, tmp_path, no_synthseg, args, code, needle):
+    got, text = _run(capsys, raw_bids, tmp_path / "out", "participant", "--synthseg", *args, "--device", "cpu",
+                     "--dry-run", "--skip-bids-validation", "-w", tmp_path / "w", *prior_args())
+    assert got == code and needle in text, text
+
+
+def test_synthseg_options_without_synthseg_only_warn(capsys, raw_bids, tmp_path, no_synthseg):
+    code, text = _run(capsys, raw_bids, tmp_path / "out", "participant", "--synthseg-robust", "--device", "cpu",
+                      "--dry-run", "--skip-bids-validation", "-w", tmp_path / "w", *prior_args())
+    assert code == 0 and "--synthseg-robust has no effect without --synthseg" in text

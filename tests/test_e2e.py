@@ -163,3 +163,98 @@ def test_a_failing_scan_does_not_stop_the_others(tmp_path):
     crash = list((out / "sub-02" / "log").glob("*/crash-*.txt"))
     assert len(crash) == 1 and "InvalidInputError" in crash[0].read_text()
     assert not list(out.rglob("*.tmp"))
+
+
+# --- SynthSeg (--synthseg with the tiny test weights): one session of sub-01, a LAS T1w and a T2w with
+# the same entities, so one segmentation name: the T1w is segmented, the T2w only enhanced.
+
+SYNTHSEG_TINY = REPO / "tests" / "data" / "synthseg" / "synthseg2_tiny.h5"
+SEG_SCANS = LF_SCANS[:1]
+
+
+@pytest.fixture(scope="module")
+def synthseg_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e-synthseg")
+    raw = build_raw_dataset(root / "raw")
+    out, work = root / "derivatives" / "diffdeur", root / "work"
+    args = [raw, out, "participant", "-w", work, *FAST, "--participant-label", "01", "--session-label", "01",
+            "--synthseg", "--synthseg-model", SYNTHSEG_TINY, *prior_args()]
+    return dict(raw=raw, out=out, work=work, args=args, proc=run_app(*args))
+
+
+def test_synthseg_run_writes_segmentations(synthseg_run):
+    proc, out = synthseg_run["proc"], synthseg_run["out"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Summary: 2 done, 0 skipped, 0 failed" in proc.stdout
+    assert "Then segment with SynthSeg 2.0 (PyTorch port, weights synthseg2_tiny.h5)" in proc.stdout
+    assert f"+ segment: {naming.synthseg_relpath(LF_SCANS[0])}" in proc.stdout
+    assert proc.stdout.count("+ segment:") == 1
+    expected = {str(naming.enhanced_relpath(s)) for s in LF_SCANS[:2]}
+    expected |= {str(naming.synthseg_relpath(s)) for s in SEG_SCANS}
+    assert {str(p.relative_to(out)) for p in out.rglob("*.nii.gz")} == expected
+    assert {str(p.relative_to(out)) for p in out.rglob("*.tsv")} == {
+        "descriptions.tsv", "desc-synthseg_dseg.tsv", *(str(naming.synthseg_volumes_relpath(s)) for s in SEG_SCANS)}
+    assert (out / "desc-synthseg_dseg.json").is_file()
+    assert "*_volumes.tsv" in (out / ".bidsignore").read_text().splitlines()
+
+
+def test_synthseg_labels_on_the_enhanced_grid(synthseg_run):
+    out = synthseg_run["out"]
+    lut = [ln.split("\t") for ln in (out / "desc-synthseg_dseg.tsv").read_text().splitlines()]
+    assert lut[0] == ["index", "name", "abbreviation", "color", "mapping"] and len(lut) == 34
+    indices = {int(row[0]) for row in lut[1:]}
+    for src in SEG_SCANS:
+        seg = nib.load(str(out / naming.synthseg_relpath(src)))
+        enhanced = nib.load(str(out / naming.enhanced_relpath(src)))
+        assert seg.get_data_dtype() == np.int16 and seg.shape == enhanced.shape
+        np.testing.assert_array_equal(seg.affine, enhanced.affine)
+        assert seg.header.get_xyzt_units()[0] == "mm"
+        values = set(np.unique(np.asarray(seg.dataobj)).tolist())
+        assert values <= indices and len(values) > 1
+
+        table = [ln.split("\t") for ln in (out / naming.synthseg_volumes_relpath(src)).read_text().splitlines()]
+        assert table[0] == ["label", "name", "volume_mm3"] and len(table) == 1 + 33
+        assert table[1][:2] == ["n/a", "total intracranial"] and float(table[1][2]) > 0
+        assert {int(r[0]) for r in table[2:]} == indices - {0}
+        assert all(float(r[2]) >= 0 for r in table[1:])
+
+
+def test_synthseg_sidecar_provenance(synthseg_run):
+    out = synthseg_run["out"]
+    sha = hashlib.sha256(SYNTHSEG_TINY.read_bytes()).hexdigest()
+    for src in SEG_SCANS:
+        meta = json.loads((out / naming.sidecar_of(naming.synthseg_relpath(src))).read_text())
+        enhanced = naming.enhanced_relpath(src)
+        assert meta["Sources"] == [f"bids::{enhanced}"] and meta["SpatialReference"] == f"bids::{enhanced}"
+        assert (out / meta["Sources"][0].removeprefix("bids::")).is_file() and meta["Description"]
+        seg = meta["SynthSeg"]
+        assert seg["Backend"] == "torch" and seg["Model"] == "SynthSeg 2.0" and seg["Robust"] is False
+        assert seg["ModelFile"] == "synthseg2_tiny.h5" and seg["ModelSHA256"] == sha
+        assert seg["OfficialModelFile"] is None and seg["TorchVersion"] and seg["TotalIntracranialVolume"] > 0
+        assert meta["DiffDeuR"]["Version"] and meta["DiffDeuR"]["RunUUID"]
+
+
+def test_synthseg_outputs_pass_the_validator(synthseg_run):
+    code, report = run_validator(synthseg_run["out"])
+    assert errors_of(report) == [] and code == 0
+
+
+def test_synthseg_found_by_pybids(synthseg_run):
+    from bids import BIDSLayout
+
+    combined = BIDSLayout(str(synthseg_run["raw"]), derivatives=str(synthseg_run["out"]))
+    found = combined.get(scope="diffdeur", desc="synthseg", suffix="dseg", extension=".nii.gz")
+    assert sorted(f.filename for f in found) == sorted(naming.synthseg_relpath(s).name for s in SEG_SCANS)
+    assert found[0].get_metadata()["SynthSeg"]["Backend"] == "torch"
+
+
+def test_synthseg_rerun_reuses_the_work_dir(synthseg_run):
+    results = sorted(synthseg_run["work"].rglob("synthseg/result_synthseg.pklz"))
+    lut = synthseg_run["out"] / "desc-synthseg_dseg.tsv"
+    assert len(results) == 1
+    stamps = [p.stat().st_mtime_ns for p in results + [lut]]
+    proc = run_app(*synthseg_run["args"], "--skip-bids-validation")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Summary: 2 done" in proc.stdout
+    outdated = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "Outdated cache" in ln or "Old/new" in ln]
+    assert [p.stat().st_mtime_ns for p in results + [lut]] == stamps, outdated  # not redone; LUT written once

@@ -50,3 +50,17 @@ def test_labels(label, ok):
 
 def test_node_names_are_identifiers():
     assert naming.node_name("sub-01/ses-01/anat/sub-01_ses-01_acq-x_T1w.nii.gz") == "sub_01_ses_01_acq_x_T1w"
+
+
+def test_synthseg_names_and_which_scan_is_segmented():
+    from diffdeur_bids.bids import naming
+
+    src = "sub-01/ses-01/anat/sub-01_ses-01_acq-fast_run-2_T2w.nii.gz"
+    assert str(naming.synthseg_relpath(src)) == "sub-01/ses-01/anat/sub-01_ses-01_acq-fast_run-2_desc-synthseg_dseg.nii.gz"
+    assert str(naming.synthseg_volumes_relpath(src)) == \
+        "sub-01/ses-01/anat/sub-01_ses-01_acq-fast_run-2_desc-synthseg_volumes.tsv"
+    chosen = naming.synthseg_sources(["sub-01/anat/sub-01_FLAIR.nii.gz", "sub-01/anat/sub-01_T2w.nii.gz",
+                                      "sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_acq-x_FLAIR.nii.gz"])
+    assert {str(k): v for k, v in chosen.items()} == {
+        "sub-01/anat/sub-01_desc-synthseg_dseg.nii.gz": "sub-01/anat/sub-01_T1w.nii.gz",
+        "sub-01/anat/sub-01_acq-x_desc-synthseg_dseg.nii.gz": "sub-01/anat/sub-01_acq-x_FLAIR.nii.gz"}

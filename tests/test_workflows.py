@@ -44,3 +44,48 @@ def test_device_and_threads_do_not_change_the_hash():
     assert cpu.inputs.get_hashval()[1] == gpu.inputs.get_hashval()[1]
     other = EnhanceImage(device="cpu", settings={"steps": 3}, weights_sha256="x")
     assert other.inputs.get_hashval()[1] != cpu.inputs.get_hashval()[1]
+
+
+SYNTHSEG_TINY = Path(__file__).parent / "data" / "synthseg" / "synthseg2_tiny.h5"
+
+
+def _synthseg_workflow(raw_bids, tmp_path, device="cpu"):
+    config = Config(bids_dir=raw_bids, output_dir=tmp_path / "out", work_dir=tmp_path / "work", quality="fast",
+                    output_resolution=2.0, omp_nthreads=2, device_used=device, weights_sha256="ab" * 32,
+                    synthseg=True, synthseg_backend_used="torch", synthseg_weights=SYNTHSEG_TINY,
+                    synthseg_weights_sha256="cd" * 32)
+    scans = discover(raw_bids).scans
+    return init_diffdeur_wf(config, scans, output_shapes(scans, 2.0))
+
+
+def test_synthseg_nodes_follow_enhance(raw_bids, tmp_path):
+    wf = _synthseg_workflow(raw_bids, tmp_path)
+    nodes = wf._get_all_nodes()
+    seg = [n for n in nodes if n.name == "synthseg"]
+    # reorient -> enhance -> ds_enhanced, + synthseg -> ds_synthseg for one scan per segmentation name:
+    # sub-01_ses-01 has a T1w and a T2w, and only the T1w is segmented
+    assert sorted(n.fullname for n in seg) == ["sub_01_ses_01_T1w_wf.synthseg", "sub_01_ses_02_T1w_wf.synthseg",
+                                               "sub_02_run_01_T1w_wf.synthseg"]
+    assert len(nodes) == 3 * 4 + 2 * 3
+    assert {n.name for n in nodes if n.name.startswith("ds_")} == {"ds_enhanced", "ds_synthseg"}
+    node = seg[0]
+    assert node.inputs.backend == "torch" and node.inputs.model_file == str(SYNTHSEG_TINY)
+    assert node.inputs.model_sha256 == "cd" * 32 and node.n_procs == 2 and 2 < node.mem_gb < 3
+    assert not node.is_gpu_node()
+    sub = next(w for w in wf._graph.nodes() if w.name == "sub_01_wf")
+    branch = next(w for w in sub._graph.nodes() if w.name == "sub_01_ses_01_T1w_wf")
+    edges = {(u.name, v.name) for u, v in branch._graph.edges()}
+    assert ("enhance", "synthseg") in edges and ("synthseg", "ds_synthseg") in edges
+    assert all(n.is_gpu_node() for n in _synthseg_workflow(raw_bids, tmp_path, "cuda:0")._get_all_nodes()
+               if n.name == "synthseg")
+
+
+def test_synthseg_device_threads_and_weights_path_do_not_change_the_hash():
+    from diffdeur_bids.interfaces import SynthSeg
+
+    cpu = SynthSeg(backend="torch", model_file="/a/w.h5", model_sha256="x", device="cpu", threads=1, use_gpu=False)
+    gpu = SynthSeg(backend="torch", model_file="/b/w.h5", model_sha256="x", device="cuda:0", threads=8, use_gpu=True)
+    assert cpu.inputs.get_hashval()[1] == gpu.inputs.get_hashval()[1]
+    for changed in (dict(model_sha256="y"), dict(robust=True)):
+        other = SynthSeg(**{**dict(backend="torch", model_file="/a/w.h5", model_sha256="x"), **changed})
+        assert other.inputs.get_hashval()[1] != cpu.inputs.get_hashval()[1]

@@ -1,4 +1,5 @@
-"""The derivative dataset's top-level files: dataset_description.json, .bidsignore, descriptions.tsv.
+"""The derivative dataset's top-level files: dataset_description.json, .bidsignore, descriptions.tsv,
+and, with ``--synthseg``, the lookup table ``desc-synthseg_dseg.tsv`` (+ ``.json``).
 
 Several participant runs (a SLURM array) may share one output folder, so these files are written
 under a file lock and atomically; an existing description is kept (first run wins) and only a
@@ -15,15 +16,19 @@ from pathlib import Path
 from filelock import FileLock
 
 from .. import __version__, atomic
+from . import naming
 from .naming import DESCRIPTIONS
+from .sidecars import SYNTHSEG_DESCRIPTION
+from .tables import read_tsv, to_tsv
 
 log = logging.getLogger("diffdeur")
 
 BIDS_VERSION = "1.10.1"
 NAME = "diffdeur"
-# Not BIDS: the per-run logs, reports and figures. Bare names (no trailing slash) match at any depth;
-# checked with bids-validator-deno 3.0.2, which does not honour "figures/".
-BIDSIGNORE = ["logs", "log", "figures", "*.html"]
+# Not BIDS: the per-run logs, reports and figures, and the SynthSeg volumes tables (no BIDS file type
+# fits them). Bare names (no trailing slash) match at any depth; checked with bids-validator-deno
+# 3.0.2, which does not honour "figures/".
+BIDSIGNORE = ["logs", "log", "figures", "*.html", naming.VOLUMES_BIDSIGNORE]
 LOCK_NAME = ".diffdeur.lock"
 README = """# diffdeur derivatives
 
@@ -32,8 +37,16 @@ representation). Each `*_desc-enhanced_<suffix>.nii.gz` has a JSON sidecar whose
 the raw scan (`bids:raw:...`, see `DatasetLinks` in dataset_description.json) and whose `DiffDeuR`
 object records how it was made (version, settings, seed, device, weights sha256, timings).
 `descriptions.tsv` explains each `desc-` label; `sub-*/log/<run>/` holds each run's settings and
-crash reports.
+crash reports. With `--synthseg`, each `*_desc-synthseg_dseg.nii.gz` is a SynthSeg segmentation of the
+enhanced image (labels in the top-level `desc-synthseg_dseg.tsv`) and `*_desc-synthseg_volumes.tsv`
+lists its structure volumes in mm3 (not a BIDS file type, hence listed in `.bidsignore`).
 """
+
+LUT_COLUMNS = ("index", "name", "abbreviation", "color", "mapping")
+# The top-level sidecar applies by inheritance to every *_desc-synthseg_dseg.* file, so its Description
+# is the one the per-scan sidecars carry too (same value: no SIDECAR_FIELD_OVERRIDE warning). The LUT's
+# columns are BIDS-defined (redefining them is a validator warning).
+LUT_SIDECAR = {"Description": SYNTHSEG_DESCRIPTION}
 
 
 def container() -> dict | None:
@@ -113,3 +126,30 @@ def write_dataset_files(bids_dir: Path, output_dir: Path) -> None:
         readme = output_dir / "README.md"
         if not readme.exists():
             atomic.write_text(readme, README)
+
+
+def write_synthseg_lut(output_dir: Path, rows) -> Path:
+    """Create or complete the top-level ``desc-synthseg_dseg.tsv`` (and its ``.json``).
+
+    Safe when several runs do it at once (file lock, atomic rename). Rows already there are kept in
+    their order; labels not yet listed (``--synthseg-parc`` parcels) are appended, sorted. The files
+    are rewritten only when something is missing, so concurrent runs write them once.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / naming.SYNTHSEG_LUT
+    with FileLock(str(output_dir / LOCK_NAME), timeout=120):
+        existing = read_tsv(path) if path.exists() else []
+        known = set()
+        for row in existing:
+            try:
+                known.add(int(row.get("index", "")))
+            except ValueError:
+                pass
+        new = sorted((r for r in rows if int(r["index"]) not in known), key=lambda r: int(r["index"]))
+        if new or not path.exists():
+            atomic.write_text(path, to_tsv(existing + list(new), LUT_COLUMNS))
+        sidecar = output_dir / naming.SYNTHSEG_LUT_SIDECAR
+        if not sidecar.exists():
+            atomic.write_json(sidecar, LUT_SIDECAR)
+    return path

@@ -111,6 +111,36 @@ def synthseg_relpath(source) -> PurePosixPath:
     return derivative_relpath(source, DESC_SYNTHSEG, suffix="dseg")
 
 
+def synthseg_sources(sources) -> dict[PurePosixPath, str]:
+    """Which scan is segmented for each segmentation name: ``{dseg relpath: source relpath}``.
+
+    The segmentation's name keeps the source's entities but not its suffix (``_dseg`` replaces it), so
+    a T1w and a T2w with the same entities would share one name: one of them is segmented, T1w first,
+    then T2w, then FLAIR (``Sources`` in the sidecar says which).
+    """
+    rank = {m: i for i, m in enumerate(MODALITIES)}
+    chosen: dict[PurePosixPath, str] = {}
+    for src in sorted(map(str, sources), key=lambda s: rank.get(SourceName.parse(s).suffix, len(rank))):
+        chosen.setdefault(synthseg_relpath(src), src)
+    return chosen
+
+
+# Not a BIDS suffix: no BIDS-Derivatives file type holds per-structure volumes (a ``_dseg.tsv`` is a
+# lookup table), so this table is listed in the derivative's .bidsignore (``VOLUMES_BIDSIGNORE``).
+VOLUMES_SUFFIX = "volumes"
+VOLUMES_BIDSIGNORE = f"*_{VOLUMES_SUFFIX}.tsv"
+
+
+def synthseg_volumes_relpath(source) -> PurePosixPath:
+    """Per-scan volumes table beside the segmentation: ``..._desc-synthseg_volumes.tsv``."""
+    return derivative_relpath(source, DESC_SYNTHSEG, suffix=VOLUMES_SUFFIX, extension=".tsv")
+
+
+# Top-level lookup table of every ``*_desc-synthseg_dseg.nii.gz`` (BIDS inheritance), and its sidecar.
+SYNTHSEG_LUT = f"desc-{DESC_SYNTHSEG}_dseg.tsv"
+SYNTHSEG_LUT_SIDECAR = f"desc-{DESC_SYNTHSEG}_dseg.json"
+
+
 def sidecar_of(path):
     """The JSON sidecar beside a NIfTI path, as the same type of path (str, Path or PurePosixPath)."""
     name = str(path)

@@ -21,6 +21,13 @@ ACQUISITION_KEYS = (
 )
 
 PROVENANCE_KEY = "DiffDeuR"
+SYNTHSEG_KEY = "SynthSeg"
+# Shared by every dseg sidecar and the top-level desc-synthseg_dseg.json, which they inherit from;
+# what differs per scan (model, robust, parcellation) is in the ``SynthSeg`` object and ``Sources``.
+SYNTHSEG_DESCRIPTION = (
+    "SynthSeg segmentation of the DiffDeuR-enhanced image named in Sources, with FreeSurfer label values "
+    "listed in the top-level desc-synthseg_dseg.tsv; resampled from SynthSeg's 1 mm grid onto the enhanced "
+    "image's grid by nearest neighbour")
 
 
 def _mm(values) -> str:
@@ -85,3 +92,35 @@ def provenance(info: dict, app: dict) -> dict:
     record = {_INFO_NAMES.get(k, _camel(k)): v for k, v in info.items()}
     seed = (info.get("settings") or {}).get("seed")
     return {**app, **({"Seed": seed} if seed is not None else {}), **record}
+
+
+# The segmentation node's info keys, as they appear in the dseg sidecar's ``SynthSeg`` object.
+_SEG_NAMES = {
+    "backend": "Backend", "model": "Model", "model_file": "ModelFile", "model_sha256": "ModelSHA256",
+    "official_file": "OfficialModelFile", "robust": "Robust", "parc": "Parcellation", "fast": "Fast",
+    "crop": "Crop", "device": "Device", "threads": "Threads", "torch": "TorchVersion",
+    "freesurfer": "FreeSurferVersion", "command": "Command", "tiv_mm3": "TotalIntracranialVolume",
+    "elapsed_seconds": "SegmentSeconds", "labels_grid": "LabelsGrid",
+}
+
+
+def synthseg_record(info: dict) -> dict:
+    """The ``SynthSeg`` sidecar object from the segmentation node's info (unknown keys pass through)."""
+    return {_SEG_NAMES.get(k, _camel(k)): v for k, v in info.items()}
+
+
+def synthseg_sidecar(enhanced_relpath, app: dict, info: dict, zooms) -> dict:
+    """Sidecar of ``desc-synthseg_dseg``: made from, and aligned with, the enhanced image.
+
+    ``Sources`` and ``SpatialReference`` are BIDS URIs into this dataset (``bids::``); the labels are
+    listed in the top-level ``desc-synthseg_dseg.tsv``.
+    """
+    uri = bids_uri(enhanced_relpath, dataset="")
+    return {
+        "Description": SYNTHSEG_DESCRIPTION,
+        "Sources": [uri],
+        "SpatialReference": uri,
+        "Resolution": _mm(zooms),
+        PROVENANCE_KEY: dict(app),
+        SYNTHSEG_KEY: synthseg_record(info),
+    }

@@ -6,6 +6,7 @@ os.environ["NIPYPE_NO_ET"] = "1"  # never let Nipype phone home for a version ch
 
 from .enhance import EnhanceImage  # noqa: E402
 from .reorient import Reorient  # noqa: E402
-from .sink import DerivativesSink  # noqa: E402
+from .sink import DerivativesSink, SegmentationSink  # noqa: E402
+from .synthseg import SynthSeg  # noqa: E402
 
-__all__ = ["DerivativesSink", "EnhanceImage", "Reorient"]
+__all__ = ["DerivativesSink", "EnhanceImage", "Reorient", "SegmentationSink", "SynthSeg"]

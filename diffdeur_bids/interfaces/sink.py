@@ -64,3 +64,50 @@ class DerivativesSink(SimpleInterface):
             written.append(str(dest))
         self._results["out_files"] = written
         return runtime
+
+
+class _SegSinkInputSpec(TraitedSpec):
+    in_file = File(exists=True, mandatory=True, desc="SynthSeg labels (int16) on the enhanced grid")
+    volumes_file = File(exists=True, mandatory=True, desc="volumes table (TSV)")
+    info_file = File(exists=True, mandatory=True, desc="the segmentation node's JSON record")
+    output_dir = traits.Str(mandatory=True, desc="root of the derivative dataset")
+    source_relpath = traits.Str(mandatory=True, desc="raw scan, relative to the BIDS root")
+    app = traits.Dict(desc="run-level provenance: version, run id, command line")
+
+
+class SegmentationSink(SimpleInterface):
+    """Write ``desc-synthseg_dseg`` (+ sidecar), the volumes table and the top-level lookup table.
+
+    Order: lookup table (completed under a lock when new labels appear, e.g. ``--synthseg-parc``
+    parcels), sidecar, volumes table, image last; so an image that exists has all of them.
+    """
+
+    input_spec = _SegSinkInputSpec
+    output_spec = _SinkOutputSpec
+    _always_run = True
+
+    def _run_interface(self, runtime):
+        import numpy as np
+
+        from ..bids.dataset import write_synthseg_lut
+        from ..segment import dseg_lookup_rows, freesurfer_lut_rows
+
+        out_dir = Path(self.inputs.output_dir)
+        src = self.inputs.source_relpath
+        info = json.loads(Path(self.inputs.info_file).read_text())
+        img = nib.load(self.inputs.in_file)
+        rows = dseg_lookup_rows()
+        extra = sorted(set(np.unique(np.asarray(img.dataobj)).tolist()) - {r["index"] for r in rows})
+        if extra:  # parcels of mri_synthseg --parc: names and colours from FreeSurfer's own LUT
+            rows += freesurfer_lut_rows(extra)
+        write_synthseg_lut(out_dir, rows)
+
+        dest = out_dir / naming.synthseg_relpath(src)
+        sidecar = sidecars.synthseg_sidecar(naming.enhanced_relpath(src), self.inputs.app, info,
+                                            img.header.get_zooms()[:3])
+        atomic.write_json(naming.sidecar_of(dest), sidecar)
+        volumes = out_dir / naming.synthseg_volumes_relpath(src)
+        atomic.copy_file(self.inputs.volumes_file, volumes)
+        atomic.copy_file(self.inputs.in_file, dest)
+        self._results["out_files"] = [str(dest), str(volumes)]
+        return runtime
