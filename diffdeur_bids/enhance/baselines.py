@@ -86,7 +86,7 @@ def run_prior_closed_form(p) -> torch.Tensor:
         z = denoise_slices(p.prior, x.movedim(i % 3, 0), sigma, s.max_pixels).movedim(0, i % 3)
         x0 = _solve_prox(p, z, s.mu / sigma**2, x0)
         if i + 1 < len(sigmas):
-            eps_hat = (x - x0) / sigma
+            eps_hat = (x - x0) / sigma  # DiffPIR: measured better than DDIM's (x - z) here
             x = x0 + sigmas[i + 1] * ((1 - s.zeta) ** 0.5 * eps_hat + s.zeta**0.5 * p.randn(x0.shape))
         p.tick()
     return _on_fid_grid(p, x0)
