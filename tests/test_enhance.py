@@ -127,7 +127,7 @@ def test_inr_fit_lowers_residual_and_renders_other_grid(simulated):
     assert torch.isfinite(img).all()
 
 
-@pytest.mark.parametrize("quality", ["default"])
+@pytest.mark.parametrize("quality", ["fast"])
 def test_diffdeur_beats_linear_interpolation(simulated, quality):
     lf, lf_aff, gt, gt_aff = simulated
     prior = load_default_prior("cpu")
@@ -139,10 +139,8 @@ def test_diffdeur_beats_linear_interpolation(simulated, quality):
     assert 300 < np.percentile(res.image, 99) < 1400  # the input's units are kept
     s_lin = score_volume(lin.image, lin.affine, gt, gt_aff, lpips=False)
     s_dd = score_volume(res.image, res.affine, gt, gt_aff, lpips=False)
-    # On this smooth averaged template DiffDeuR's gain over linear is small (see the README's
-    # benchmark for the validation scans); it must never lose PSNR and must gain SSIM.
-    assert s_dd["psnr"] > s_lin["psnr"] - 0.1
-    assert s_dd["ssim"] > s_lin["ssim"] + 0.005
+    assert s_dd["psnr"] > s_lin["psnr"] + 0.2
+    assert s_dd["ssim"] > s_lin["ssim"] + 0.01
     assert res.info["weights_sha256"] == prior.sha256
     assert res.info["noise_sigma_estimated"] == pytest.approx(0.04 * 700, rel=0.3)
 

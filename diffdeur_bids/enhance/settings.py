@@ -8,7 +8,7 @@ METHODS = ("diffdeur", "linear", "cubic", "cubic_bm3d", "inr", "dps", "prior_cf"
 
 # Each preset trades time for quality; the benchmark chose these numbers.
 PRESETS = {
-    "fast": dict(steps=3, inr_iters=6, inr_init_iters=40, sigma_start=0.05),
+    "fast": dict(steps=4, inr_iters=4, inr_init_iters=40),
     "default": dict(steps=10, inr_iters=4, inr_init_iters=40),
     "best": dict(steps=20, inr_iters=6, inr_init_iters=60),
 }
@@ -33,8 +33,9 @@ class EnhanceSettings:
     mu: float = 1.0
     inr_iters: int = 4
     inr_init_iters: int = 40
-    inr_lr: float = 0.1
-    sigma_start: float = 0.1
+    inr_lr: float = 0.05
+    inr_init_pull: float = 1.0
+    sigma_start: float = 0.25
     sigma_end: float = 0.01
     zeta: float = 0.3
     noise_sigma: float | None = None

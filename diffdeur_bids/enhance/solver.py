@@ -12,8 +12,8 @@ Per noise level sigma_t, from high to low (DiffPIR's schedule and re-noising):
    ``eps_hat = (x_t - f) / sigma_t`` as in DiffPIR (DDIM's ``(x_t - z) / sigma_t`` scored
    worse on the benchmark: the fidelity correction then never re-enters the noise).
 
-The INR is first fitted to the trilinear interpolation of the data (with the data term
-weak), which gives the starting point; the result is the INR rendered on the output grid after the last step.
+The INR is first fitted to the data with a pull towards trilinear interpolation, which gives
+the starting point; the result is the INR rendered on the output grid after the last step.
 """
 
 from __future__ import annotations
@@ -128,10 +128,10 @@ def run_diffdeur(p: Problem) -> torch.Tensor:
     fid = p.fidelity()
     inr = make_inr(p.y.shape, p.fid_grid, p.out_grid, p.device, init_value=float(p.y.mean()))
     opt = make_optimizer(inr, s.inr_lr)
-    # Start from trilinear interpolation: the INR fitted to the data alone overfits the noise
-    # (that is the INR-only baseline); a strong pull towards the interpolation avoids it.
+    # Start: the INR fitted to the data (an early-stopped IREM, which deblurs) with a pull of
+    # weight ``inr_init_pull`` towards trilinear interpolation, which keeps it from fitting noise.
     start = resample(p.y, p.lf_grid, p.out_grid)
-    fit_inr(inr, fid, opt, s.inr_init_iters, z=start, rho=10.0 / max(p.noise_sigma, 1e-3) ** 2)
+    fit_inr(inr, fid, opt, s.inr_init_iters, z=start, rho=s.inr_init_pull / max(p.noise_sigma, 1e-3) ** 2)
     x0 = render(inr, p.out_grid, p.device)
     p.tick()
     sigmas = karras_sigmas(s.steps, s.sigma_start, s.sigma_end)
