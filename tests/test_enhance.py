@@ -243,3 +243,17 @@ def test_a_few_nan_voxels_are_zeroed_and_reported(simulated):
     assert np.isfinite(res.image).all()
     assert res.info["nonfinite_voxels_set_to_zero"] == 1
     assert res.info["negative_voxels_clipped"] == 1
+
+
+def test_shipped_prior_denoises_a_noisy_mni_slice(mni_small):
+    from diffdeur_bids.enhance.forward import normalise_ground_truth
+    from diffdeur_bids.enhance.prior import denoise_slices, shipped_prior_sha256
+
+    prior = load_default_prior("cpu")
+    assert prior.sha256 == shipped_prior_sha256()
+    clean = torch.from_numpy(normalise_ground_truth(mni_small[0])[:, :, 24])[None]
+    gen = torch.Generator().manual_seed(0)
+    for sigma in (0.03, 0.1):
+        noisy = clean + sigma * torch.randn(clean.shape, generator=gen)
+        den = denoise_slices(prior, noisy, sigma)
+        assert float((den - clean).pow(2).mean()) < 0.5 * float((noisy - clean).pow(2).mean())
