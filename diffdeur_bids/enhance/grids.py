@@ -39,7 +39,7 @@ class Grid:
         aligned = all(abs(1 / s - kk) < _INTEGER_TOL and abs(o - (-0.5 + s / 2)) < 1e-6 for s, kk, o in zip(self.step, k, self.origin))
         return k if aligned else None
 
-    def lf_coordinates(self, axis_slice: slice | None = None) -> list[torch.Tensor]:
+    def lf_coordinates(self) -> list[torch.Tensor]:
         """1D LF-index coordinates of the grid's voxel centres along each axis."""
         return [torch.tensor(o + s * np.arange(n), dtype=torch.float32) for o, s, n in zip(self.origin, self.step, self.shape)]
 

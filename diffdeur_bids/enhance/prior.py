@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -256,6 +255,3 @@ def shipped_prior_sha256() -> str | None:
     card = default_prior_path().with_name("sha256.txt")
     return card.read_text().split()[0] if card.is_file() else None
 
-
-def sigma_is_in_range(prior: Prior, sigma: float) -> bool:
-    return prior.config.sigma_min <= sigma <= prior.config.sigma_max * (1 + 1e-6) and math.isfinite(sigma)

@@ -72,5 +72,7 @@ class EnhanceSettings:
             raise ValueError(f"output resolution must be 1 or 3 positive sizes in mm (got {self.output_resolution!r})")
         if self.noise_sigma is not None and not self.noise_sigma >= 0:
             raise ValueError("noise_sigma must be >= 0")
+        if self.slice_profile != "box":
+            raise ValueError("only the box slice profile is implemented (slice_profile='box')")
         if not 0 <= self.zeta <= 1:
             raise ValueError("zeta must be in [0, 1]")
