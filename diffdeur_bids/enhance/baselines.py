@@ -78,17 +78,11 @@ def _solve_prox(p, z, rho, x0, iters=8):
 
 def run_prior_closed_form(p) -> torch.Tensor:
     """Ablation: the same HQS loop with an exact least-squares fidelity step instead of the INR."""
+    from .solver import hqs_sample
+
     s = p.settings
-    x0 = resample(p.y, p.lf_grid, p.fid_grid, order=1)
-    sigmas = karras_sigmas(s.steps, s.sigma_start, s.sigma_end)
-    x = x0 + sigmas[0] * p.randn(x0.shape)
-    for i, sigma in enumerate(sigmas):
-        z = denoise_slices(p.prior, x.movedim(i % 3, 0), sigma, s.max_pixels).movedim(0, i % 3)
-        x0 = _solve_prox(p, z, s.mu / sigma**2, x0)
-        if i + 1 < len(sigmas):
-            eps_hat = (x - x0) / sigma  # DiffPIR: measured better than DDIM's (x - z) here
-            x = x0 + sigmas[i + 1] * ((1 - s.zeta) ** 0.5 * eps_hat + s.zeta**0.5 * p.randn(x0.shape))
-        p.tick()
+    start = resample(p.y, p.lf_grid, p.fid_grid, order=1)
+    x0 = hqs_sample(p, start, lambda z, sigma, previous: _solve_prox(p, z, s.mu / sigma**2, previous))
     return _on_fid_grid(p, x0)
 
 

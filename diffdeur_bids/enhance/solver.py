@@ -123,6 +123,22 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def hqs_sample(p: Problem, start: torch.Tensor, prox: Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The HQS / DiffPIR loop; ``prox(z, sigma, x0)`` is the fidelity step (INR or closed form)."""
+    s = p.settings
+    sigmas = karras_sigmas(s.steps, s.sigma_start, s.sigma_end)
+    x0 = start
+    x = x0 + sigmas[0] * p.randn(x0.shape)
+    for i, sigma in enumerate(sigmas):
+        z = denoise_volume(p.prior, x, sigma, axis=i % 3, max_pixels=s.max_pixels)
+        x0 = prox(z, sigma, x0)
+        if i + 1 < len(sigmas):
+            eps_hat = (x - x0) / sigma  # DiffPIR: measured better than DDIM's (x - z) here
+            x = x0 + sigmas[i + 1] * (math.sqrt(1 - s.zeta) * eps_hat + math.sqrt(s.zeta) * p.randn(x0.shape))
+        p.tick()
+    return x0
+
+
 def run_diffdeur(p: Problem) -> torch.Tensor:
     s = p.settings
     fid = p.fidelity()
@@ -134,17 +150,12 @@ def run_diffdeur(p: Problem) -> torch.Tensor:
     fit_inr(inr, fid, opt, s.inr_init_iters, z=start, rho=s.inr_init_pull / max(p.noise_sigma, 1e-3) ** 2)
     x0 = render(inr, p.out_grid, p.device)
     p.tick()
-    sigmas = karras_sigmas(s.steps, s.sigma_start, s.sigma_end)
-    x = x0 + sigmas[0] * p.randn(x0.shape)
-    for i, sigma in enumerate(sigmas):
-        z = denoise_volume(p.prior, x, sigma, axis=i % 3, max_pixels=s.max_pixels)
+
+    def inr_prox(z, sigma, _previous):
         fit_inr(inr, fid, opt, s.inr_iters, z=z, rho=s.mu / sigma**2)
-        x0 = render(inr, p.out_grid, p.device)
-        if i + 1 < len(sigmas):
-            eps_hat = (x - x0) / sigma  # DiffPIR: measured better than DDIM's (x - z) here
-            x = x0 + sigmas[i + 1] * (math.sqrt(1 - s.zeta) * eps_hat + math.sqrt(s.zeta) * p.randn(x0.shape))
-        p.tick()
-    return x0
+        return render(inr, p.out_grid, p.device)
+
+    return hqs_sample(p, x0, inr_prox)
 
 
 def _methods():
