@@ -1,0 +1,58 @@
+"""Score methods on one simulated volume with settings overridden: how the solver defaults were chosen.
+
+    python benchmarks/tune_one.py ../shared/data/hf/ixi_2mm/IXI132-HH-1415_T1w.nii.gz --track 2mm \
+        --methods linear diffdeur --set sigma_start=0.25 mu=1.0 inr_lr=0.05
+
+Each ``--set NAME=VALUE`` overrides an ``EnhanceSettings`` field of the default preset; scores are
+sim-lf-v1's (PSNR, SSIM; LPIPS with --lpips). Use the full benchmark (sim_lf.py) for reported figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from diffdeur_bids.enhance import EnhanceSettings, enhance
+from diffdeur_bids.enhance.forward import TRACKS, simulate_lowfield
+from diffdeur_bids.metrics import score_volume
+
+
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("hf_file")
+    ap.add_argument("--track", choices=sorted(TRACKS), default="2mm")
+    ap.add_argument("--methods", nargs="+", default=["linear", "diffdeur"])
+    ap.add_argument("--quality", default="default")
+    ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--lpips", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
+    img = nib.as_closest_canonical(nib.load(args.hf_file))
+    lf, lf_aff, gt, gt_aff = simulate_lowfield(np.asarray(img.dataobj, dtype=np.float32), img.affine, **TRACKS[args.track], seed=0)
+    resolution = tuple(float(v) for v in np.sqrt((gt_aff[:3, :3] ** 2).sum(0)))
+    for method in args.methods:
+        settings = EnhanceSettings.preset(args.quality, method=method, output_resolution=resolution, device="cpu", **overrides)
+        t0 = time.time()
+        res = enhance(lf, lf_aff, settings)
+        s = score_volume(res.image, res.affine, gt, gt_aff, lpips=args.lpips)
+        lp = f" LPIPS {s['lpips']:.3f}" if args.lpips else ""
+        print(f"{method:10s} PSNR {s['psnr']:.2f} SSIM {s['ssim']:.3f}{lp} {time.time() - t0:.1f} s  {overrides}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
