@@ -6,7 +6,10 @@ the one place that turns errors into exit codes (BEP027 / fMRIPrep):
 
     0 ok · 1 failure (also a missing component: no SynthSeg backend or weights) · 16 input failed
     BIDS validation · 17 unknown analysis level · 18 labels/filters/selection left nothing · 64 usage
-    66 no input · 73 cannot create output
+    66 no input · 73 cannot create output · 130 Ctrl-C (SIGINT) · 143 SIGTERM
+
+SIGTERM (a scheduler's time limit, ``docker stop``) is turned into the same clean stop as Ctrl-C:
+running scans are ended, files being written are removed, and a rerun with the same work dir resumes.
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ import logging
 import os
 import re
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import click
 
 from . import __version__
-from .errors import (EmptySelectionError, FeatureUnavailableError, InputMissingError, OutputError,
+from .errors import (EmptySelectionError, FeatureUnavailableError, InputMissingError, OutputError, Terminated,
                      UnknownLevelError, UsageError, ValidationFailedError)
 from .resources import available_cpus, format_gb, parse_memory
 
@@ -37,6 +42,7 @@ EXIT_CODES = {
     FeatureUnavailableError: 1,
 }
 EXIT_USAGE = 64
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal number, as a shell reports a process the signal killed
 SYNTHSEG_MODEL_ENV = "DIFFDEUR_SYNTHSEG_MODEL"  # the container images bake the weights there
 
 log = logging.getLogger("diffdeur")
@@ -95,8 +101,8 @@ _POSITIVE_MM = click.FloatRange(min=0, min_open=True, max=20)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.argument("bids_dir", type=click.Path(path_type=Path))
-@click.argument("output_dir", type=click.Path(path_type=Path))
+@click.argument("bids_dir", type=click.Path(readable=False, path_type=Path))  # checked by the runner: exit 66/73
+@click.argument("output_dir", type=click.Path(readable=False, path_type=Path))
 @click.argument("analysis_level")
 # -- what to process (fMRIPrep spellings)
 @click.option("--participant-label", "--participant_label", "participant_label", cls=ManyValues,
@@ -143,7 +149,7 @@ _POSITIVE_MM = click.FloatRange(min=0, min_open=True, max=20)
 @click.option("--fmriprep-compat", is_flag=True,
               help="Also write desc-preproc_T1w so 'fmriprep ... -d diffdeur=<output_dir>' uses the enhanced T1w.")
 # -- performance and execution
-@click.option("-w", "--work-dir", type=click.Path(path_type=Path), metavar="DIR",
+@click.option("-w", "--work-dir", type=click.Path(readable=False, path_type=Path), metavar="DIR",
               help="Nipype work folder; rerunning with the same one skips finished steps.  [default: ./work]")
 @click.option("--nprocs", "--nthreads", "--n_cpus", "--n-cpus", "nprocs", type=click.IntRange(min=1), metavar="N",
               help="Most CPUs used at once.  [default: all available]")
@@ -254,15 +260,33 @@ def _setup_logging(verbose: int) -> None:
     log.propagate = False
 
 
+def _terminate(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one clean stop; a second SIGTERM must not interrupt it
+    raise Terminated()
+
+
 def run_cli(argv: list[str] | None = None) -> int:
     """Parse and run; return the exit status instead of exiting (tests call this)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    try:
+        return _run(argv)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _run(argv: list[str]) -> int:
     try:
         code = cli.main(args=argv, prog_name="diffdeur", standalone_mode=False,
                         obj=shlex.join(["diffdeur", *argv]))
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("Interrupted.", err=True)
-        return 130
+    except (click.exceptions.Abort, KeyboardInterrupt) as e:  # click turns KeyboardInterrupt into Abort
+        terminated = isinstance(e, Terminated) or isinstance(e.__cause__, Terminated)
+        how, code = ("SIGTERM", EXIT_SIGTERM) if terminated else ("Ctrl-C (SIGINT)", EXIT_SIGINT)
+        click.echo(f"diffdeur: interrupted by {how}. Finished scans are kept and no partial file is left; "
+                   "rerun the same command with the same work dir (-w) to resume.", err=True)
+        return code
     except click.ClickException as e:  # usage errors: exit 64 (EX_USAGE), not click's 2
         e.show()
         return EXIT_USAGE

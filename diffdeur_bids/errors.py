@@ -35,3 +35,19 @@ class EmptySelectionError(AppError):
 
 class FeatureUnavailableError(AppError):
     """An option asks for a component this installation does not have (exit 1)."""
+
+
+class ScanError(AppError):
+    """One scan cannot be processed; the run goes on with the others and exits 1 (raised inside a scan's step)."""
+
+
+class UnreadableScanError(ScanError):
+    """The image data cannot be read: the file is truncated or corrupt."""
+
+
+class NotEnoughMemoryError(ScanError):
+    """The GPU or the machine ran out of memory on a scan, even after retrying with smaller batches."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, ``docker stop``), turned into the same clean stop as Ctrl-C (exit 143)."""

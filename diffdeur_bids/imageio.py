@@ -21,11 +21,23 @@ def ras_grid(shape, affine) -> tuple[tuple[int, ...], np.ndarray]:
 
 
 def reorient_to_ras(in_file: str | Path, out_file: str | Path) -> Path:
-    """Voxel axes permuted/flipped to RAS+; the affine changes with them, so world coordinates do not."""
+    """Voxel axes permuted/flipped to RAS+; the affine changes with them, so world coordinates do not.
+
+    The data are read here, so a truncated or corrupt file fails with :class:`UnreadableScanError`.
+    """
+    import zlib
+
+    from .errors import UnreadableScanError
+
     img = nib.load(str(in_file))
-    if img.ndim == 4 and img.shape[3] == 1:
-        img = img.slicer[..., 0]
-    ras = nib.as_closest_canonical(img)
+    try:
+        if img.ndim == 4 and img.shape[3] == 1:
+            img = img.slicer[..., 0]
+        ras = nib.as_closest_canonical(img)
+        np.asanyarray(ras.dataobj)  # in memory once reoriented; an image already RAS+ is read here to check it
+    except (OSError, EOFError, ValueError, zlib.error) as e:
+        raise UnreadableScanError(f"cannot read the image data of {Path(in_file).name} ({e}): the file is truncated "
+                                  "or corrupt; copy or convert it again") from e
     ras.header.set_xyzt_units("mm")
     nib.save(ras, str(out_file))
     return Path(out_file)

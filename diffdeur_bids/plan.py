@@ -21,8 +21,11 @@ def _tesla(t) -> str:
 
 def format_plan(discovery, output_shapes: dict, config) -> str:
     """Each scan with field strength, voxel size and shape, and what will happen to it."""
-    n, k = len(discovery.scans), len(discovery.skipped)
-    lines = [f"Plan: {n} scan(s) to enhance, {k} skipped "
+    refused = [s for s in discovery.skipped if s.error]
+    skipped = [s for s in discovery.skipped if not s.error]
+    n, k = len(discovery.scans), len(skipped)
+    cannot = f", {len(refused)} cannot be enhanced" if refused else ""
+    lines = [f"Plan: {n} scan(s) to enhance, {k} skipped{cannot} "
              f"(quality {config.quality}, output {config.output_resolution:g} mm, device {config.device_used or config.device})"]
     segmented = {}
     if getattr(config, "synthseg", False):
@@ -34,9 +37,12 @@ def format_plan(discovery, output_shapes: dict, config) -> str:
         lines.append(f"  {scan.relpath}  {_tesla(scan.field_strength)}  {_mm(scan.zooms)}  {_shape(scan.shape)}"
                      f"  -> enhance to {_shape(out_shape) if out_shape else '?'}: "
                      f"{naming.enhanced_relpath(scan.relpath)}{seg}")
-    if discovery.skipped:
+    if skipped:
         lines.append("Skipped:")
-        lines += [f"  {s.relpath}: {s.reason}" for s in discovery.skipped]
+        lines += [f"  {s.relpath}: {s.reason}" for s in skipped]
+    if refused:
+        lines.append("Cannot be enhanced (counted as failed; the other scans go on):")
+        lines += [f"  {s.relpath}: {s.reason}" for s in refused]
     return "\n".join(lines)
 
 

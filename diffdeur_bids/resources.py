@@ -49,19 +49,40 @@ def total_memory_gb() -> float | None:
         return None
 
 
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # v2, v1
+
+
+def memory_limit_gb() -> float | None:
+    """The memory this process may use: the machine's, or less when a container or job (cgroup) caps it."""
+    limits = [total_memory_gb()]
+    for path in _CGROUP_LIMITS:
+        try:
+            with open(path) as handle:
+                text = handle.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max" (v2) means no cap
+            limits.append(int(text) / 1024**3)
+    limits = [gb for gb in limits if gb]
+    return min(limits) if limits else None
+
+
 # Bytes per output voxel held at the peak of one enhancement: the float32 estimate, the INR's
 # coordinate/feature chunks, batched slices through the prior network and their activations.
 # Measured: peak RSS 1.0 GB (0.23 GB after imports) for a 99x117x93 output, quality fast, CPU,
 # i.e. ~760 B/voxel; rounded up. Nipype only uses it to decide how many scans run at once under --mem.
 _BYTES_PER_OUTPUT_VOXEL = 800
 _BASE_GB = 0.5  # torch, the prior and the Python process itself
+# The input itself: the stored data, its float32 copy, the normalised copy and the reoriented copy.
+_BYTES_PER_INPUT_VOXEL = 16
 
 
-def estimate_enhance_mem_gb(output_shape, num_samples: int = 1) -> float:
+def estimate_enhance_mem_gb(output_shape, num_samples: int = 1, input_shape=None) -> float:
     voxels = math.prod(int(n) for n in output_shape)
     per_sample = voxels * _BYTES_PER_OUTPUT_VOXEL / 1024**3
     extra_maps = voxels * 4 * 3 / 1024**3 if num_samples > 1 else 0.0  # running mean, M2, std
-    return round(_BASE_GB + per_sample + extra_maps, 2)
+    inputs = math.prod(int(n) for n in input_shape) * _BYTES_PER_INPUT_VOXEL / 1024**3 if input_shape else 0.0
+    return round(_BASE_GB + per_sample + extra_maps + inputs, 2)
 
 
 # Peak RSS of one SynthSeg segmentation of a 1 mm head (python -m diffdeur_bids.segment.bench, 2 CPU

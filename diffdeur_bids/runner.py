@@ -8,6 +8,7 @@ work begins. Returns the process exit status; errors are raised as typed excepti
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import sys
@@ -24,7 +25,7 @@ from .config import Config
 from .errors import EmptySelectionError, FeatureUnavailableError, OutputError, UsageError
 from .imageio import ras_grid
 from .plan import Outcome, format_plan, format_summary
-from .resources import format_gb
+from .resources import estimate_enhance_mem_gb, format_gb, memory_limit_gb
 
 log = logging.getLogger("diffdeur")
 
@@ -34,13 +35,13 @@ def _inside(child: Path, parent: Path) -> bool:
 
 
 def _writable(path: Path) -> bool:
-    """Whether ``path`` exists and is writable, or could be created in its nearest existing parent."""
+    """Whether ``path`` exists and is usable (read, write), or could be created in its nearest existing parent."""
     probe = path
     while not probe.exists():
         if probe.parent == probe:
             return False
         probe = probe.parent
-    return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+    return probe.is_dir() and os.access(probe, os.R_OK | os.W_OK | os.X_OK)
 
 
 def check_paths(config: Config) -> None:
@@ -149,16 +150,57 @@ def load_weights(config: Config) -> str:
     return prior.sha256
 
 
-def output_shapes(scans, resolution: float) -> dict:
-    """Output grid shape of each scan, computed on its RAS+ grid exactly as the method will."""
+def output_shape(scan, resolution: float) -> tuple[int, ...]:
+    """Output grid shape of a scan, computed from its header on its RAS+ grid exactly as the method will."""
     import nibabel as nib
 
     from .enhance import output_grid
 
-    shapes = {}
-    for scan in scans:
-        shape, affine = ras_grid(scan.shape[:3], nib.load(str(scan.path)).affine)
-        shapes[str(scan.relpath)] = tuple(output_grid(shape, affine, resolution).shape)
+    shape, affine = ras_grid(scan.shape[:3], nib.load(str(scan.path)).affine)
+    return tuple(output_grid(shape, affine, resolution).shape)
+
+
+def output_shapes(scans, resolution: float) -> dict:
+    return {str(scan.relpath): output_shape(scan, resolution) for scan in scans}
+
+
+def plan_grids(found, config: Config) -> dict:
+    """Output grid of each scan, and the memory it needs, before anything is read or enhanced.
+
+    A scan whose grid cannot be computed, whose output grid is larger than the method handles, or
+    that needs more memory than ``--mem`` (or this machine, or its cgroup) allows is refused: it
+    moves to ``found.skipped`` with the reason, and the other scans go on.
+    """
+    from .enhance.solver import MAX_OUTPUT_VOXELS
+
+    if config.mem_gb:
+        limit, allowed = config.mem_gb, f"--mem {format_gb(config.mem_gb)} allows"
+    else:
+        limit = memory_limit_gb()
+        allowed = f"this machine has ({format_gb(limit)})" if limit else ""
+    shapes, keep = {}, []
+    for scan in found.scans:
+        try:
+            shape = output_shape(scan, config.output_resolution)
+        except Exception as e:  # a singular or non-finite affine
+            found.skipped.append(disc.Skipped(scan.relpath, f"its output grid cannot be computed from the header "
+                                                            f"affine ({e}); fix the header", error=True))
+            continue
+        need = estimate_enhance_mem_gb(shape, config.num_samples, scan.shape[:3])
+        size = (f"input {'x'.join(map(str, scan.shape[:3]))}, output grid {'x'.join(map(str, shape))} "
+                f"at {config.output_resolution:g} mm")
+        too_much_memory = limit is not None and need > limit
+        if too_much_memory or math.prod(shape) > MAX_OUTPUT_VOXELS:
+            why = f"more than {allowed}" if too_much_memory else \
+                f"more than the {MAX_OUTPUT_VOXELS / 1e6:.0f} M output voxels diffdeur handles"
+            found.skipped.append(disc.Skipped(
+                scan.relpath, f"too large: it needs about {format_gb(need)} of memory ({size}), {why}; use a coarser "
+                              "--output-resolution, crop the image, or run it where more memory is available",
+                error=True))
+            continue
+        shapes[str(scan.relpath)] = shape
+        keep.append(scan)
+    found.scans = keep
     return shapes
 
 
@@ -185,6 +227,31 @@ def plugin_args(config: Config) -> dict:
     return args
 
 
+def _stop_workers(plugin) -> None:
+    """After Ctrl-C or SIGTERM: end the scans still running, so nothing goes on writing after we exit."""
+    import multiprocessing
+
+    # the pool reports each ended worker through Nipype's callback as a BrokenProcessPool traceback: expected here
+    logging.getLogger("concurrent.futures").setLevel(logging.CRITICAL)
+    workers = multiprocessing.active_children()
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        worker.join(timeout=10)
+    pool = getattr(plugin, "pool", None)
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _reused(config: Config, scan, started: float) -> bool:
+    """Whether the scan's enhancement comes from an earlier run (its result in the work dir is older than this run)."""
+    from .workflows import workflow_name
+
+    result = (config.work_dir / workflow_name() / f"sub_{scan.subject}_wf" / f"{naming.node_name(scan.relpath)}_wf"
+              / "enhance" / "result_enhance.pklz")
+    return result.exists() and result.stat().st_mtime < started
+
+
 def _crash_reasons(crash_files) -> dict:
     """Map each crashed branch (``<scan>_wf``) to the last line of its traceback: the error itself."""
     reasons = {}
@@ -197,7 +264,7 @@ def _crash_reasons(crash_files) -> dict:
     return reasons
 
 
-def collect_outcome(config: Config, discovery, started: float) -> Outcome:
+def collect_outcome(config: Config, discovery, started: float, interrupted: bool = False) -> Outcome:
     """A scan is done when its derivatives (enhanced image, and segmentation with ``--synthseg``) were
     (re)written by this run: the sinks write the image last."""
     out = Outcome(skipped=[f"{s.relpath}: {s.reason}" for s in discovery.skipped if not s.error])
@@ -212,9 +279,12 @@ def collect_outcome(config: Config, discovery, started: float) -> Outcome:
         if str(scan.relpath) in segmented:
             dests.append(config.output_dir / naming.synthseg_relpath(scan.relpath))
         if all(dest.exists() and dest.stat().st_mtime >= started - 1 for dest in dests):
-            out.done.append(str(scan.relpath))
+            reused = " (enhanced by an earlier run, reused from the work dir)" if _reused(config, scan, started) else ""
+            out.done.append(f"{scan.relpath}{reused}")
         else:
-            why = reasons.get(f"{naming.node_name(scan.relpath)}_wf", "not run (stopped early, see the log)")
+            stopped = "interrupted before it finished; a rerun with the same work dir does it" if interrupted \
+                else "not run (stopped early, see the log)"
+            why = reasons.get(f"{naming.node_name(scan.relpath)}_wf", stopped)
             out.failed.append(f"{scan.relpath}: {why}")
     return out
 
@@ -236,17 +306,19 @@ def run(config: Config) -> int:
         config.bids_dir, modalities=config.modalities, participant_label=config.participant_label,
         session_label=config.session_label, bids_filters=config.bids_filters,
         max_field_strength=config.max_field_strength, assume_lowfield=config.assume_lowfield)
-    shapes = output_shapes(found.scans, config.output_resolution)
+    shapes = plan_grids(found, config)
     click.echo(format_plan(found, shapes, config))
+    refused = sum(s.error for s in found.skipped)
     if not found.scans:
-        if any(s.error for s in found.skipped):  # unreadable scans are failures, not an empty selection
+        if refused:  # scans that cannot be enhanced are failures, not an empty selection
             click.echo(format_summary(collect_outcome(config, found, started), time.time() - started, config.output_dir))
             return 1
         raise EmptySelectionError("no low-field scan left to enhance (see 'Skipped' above)")
     config.weights_sha256 = load_weights(config)
     if config.dry_run:
-        click.echo("Dry run: nothing was enhanced or written.")
-        return 0
+        cannot = f"; {refused} scan(s) cannot be enhanced (see above)" if refused else ""
+        click.echo(f"Dry run: nothing was enhanced or written{cannot}.")
+        return 1 if refused else 0
 
     try:
         write_dataset_files(config.bids_dir, config.output_dir)
@@ -262,13 +334,18 @@ def run(config: Config) -> int:
     wf = init_diffdeur_wf(config, found.scans, shapes)
     mem = f", memory {format_gb(config.mem_gb)}" if config.mem_gb else ""
     log.info("Running %d scan(s) with %d process(es)%s", len(found.scans), config.nprocs, mem)
+    from nipype.pipeline.plugins import MultiProcPlugin
+
+    plugin = MultiProcPlugin(plugin_args=plugin_args(config))
     try:
-        wf.run(plugin="MultiProc", plugin_args=plugin_args(config))
+        wf.run(plugin=plugin)
     except RuntimeError as e:  # Nipype: "Workflow did not execute cleanly"; the summary says which scans
         log.debug("Nipype: %s", e)
-    except KeyboardInterrupt:
-        click.echo("Interrupted; finished scans are kept, a rerun with the same work dir resumes.", err=True)
-        return 130
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (errors.Terminated): stop cleanly, the CLI says how to resume
+        _stop_workers(plugin)
+        outcome = collect_outcome(config, found, started, interrupted=True)
+        click.echo(format_summary(outcome, time.time() - started, config.output_dir))
+        raise
 
     outcome = collect_outcome(config, found, started)
     click.echo(format_summary(outcome, time.time() - started, config.output_dir))

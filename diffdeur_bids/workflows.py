@@ -78,7 +78,9 @@ def app_provenance(config: Config) -> dict:
 def init_scan_wf(config: Config, scan, output_shape=None, synthseg: bool | None = None) -> pe.Workflow:
     """One scan's branch; ``synthseg`` (default: ``config.synthseg``) adds the segmentation nodes."""
     wf = pe.Workflow(name=f"{naming.node_name(scan.relpath)}_wf")
-    reorient = pe.Node(Reorient(in_file=str(scan.path)), name="reorient", run_without_submitting=True)
+    # Nodes run in the main process take no worker slot (n_procs=0): a scan's derivatives are written as
+    # soon as it is enhanced, not after the scans queued behind it, so an interrupted run keeps them.
+    reorient = pe.Node(Reorient(in_file=str(scan.path)), name="reorient", run_without_submitting=True, n_procs=0)
     device = config.device_used or config.device
     uses_gpu = device.startswith("cuda")
     enhance = pe.Node(
@@ -87,7 +89,7 @@ def init_scan_wf(config: Config, scan, output_shape=None, synthseg: bool | None 
                      threads=config.omp_nthreads, use_gpu=uses_gpu, label=scan.relpath.name),
         name="enhance",
         n_procs=config.omp_nthreads,
-        mem_gb=estimate_enhance_mem_gb(output_shape or scan.shape[:3], config.num_samples),
+        mem_gb=estimate_enhance_mem_gb(output_shape or scan.shape[:3], config.num_samples, scan.shape[:3]),
     )
     sink = pe.Node(
         DerivativesSink(output_dir=str(config.output_dir), source_relpath=str(scan.relpath),
@@ -95,6 +97,7 @@ def init_scan_wf(config: Config, scan, output_shape=None, synthseg: bool | None 
                         app=app_provenance(config), fmriprep_compat=config.fmriprep_compat),
         name="ds_enhanced",
         run_without_submitting=True,
+        n_procs=0,
     )
     wf.connect([
         (reorient, enhance, [("out_file", "in_file")]),
@@ -127,5 +130,6 @@ def _synthseg_nodes(config: Config, scan, output_shape, uses_gpu: bool, device: 
                          app=app_provenance(config)),
         name="ds_synthseg",
         run_without_submitting=True,
+        n_procs=0,
     )
     return seg, ds_seg

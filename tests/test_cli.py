@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -39,9 +40,16 @@ def test_unknown_level_exits_17(capsys, tmp_path, level):
 
 
 def test_missing_or_non_bids_input_exits_66(capsys, tmp_path):
-    assert _run(capsys, tmp_path / "nope", tmp_path / "out", "participant")[0] == 66
+    code, text = _run(capsys, tmp_path / "nope", tmp_path / "out", "participant")
+    assert code == 66 and "does not exist" in text
     code, text = _run(capsys, tmp_path, tmp_path / "out", "participant")
-    assert code == 66 and "dataset_description.json" in text
+    assert code == 66 and "has no dataset_description.json" in text
+    (tmp_path / "a_file").write_text("")
+    code, text = _run(capsys, tmp_path / "a_file", tmp_path / "out", "participant")
+    assert code == 66 and "is not a folder" in text
+    (tmp_path / "dataset_description.json").write_text('{"Name": "x",')
+    code, text = _run(capsys, tmp_path, tmp_path / "out", "participant")
+    assert code == 66 and "dataset_description.json is not valid JSON" in text, text
 
 
 def test_output_or_work_inside_input_exits_73(capsys, raw_bids, tmp_path):
@@ -66,8 +74,9 @@ def test_unwritable_output_exits_73(capsys, raw_bids, tmp_path):
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--participant-label", "03"], "not found"),
-    (["--participant-label", "01", "--session-label", "07"], "session"),
+    (["--participant-label", "03"], "participant label(s) 03 not found; the dataset has: 01, 02"),
+    (["--participant-label", "01", "--session-label", "07"],
+     "session label(s) 07 not found; the selected participants have: 01, 02"),
     (["--max-field-strength", "0.01"], "no low-field scan"),
     (["--modalities", "FLAIR"], "FLAIR"),
 ])
@@ -89,16 +98,110 @@ def test_filter_file_selecting_nothing_exits_18(capsys, raw_bids, tmp_path):
                 "-w", tmp_path / "w", "--skip-bids-validation", "--device", "cpu", "--dry-run")[0] == 64
 
 
-def test_label_with_path_characters_exits_64(capsys, raw_bids, tmp_path):
-    assert _run(capsys, raw_bids, tmp_path / "out", "participant", "--participant-label", "../x",
-                "-w", tmp_path / "w", "--skip-bids-validation", "--device", "cpu")[0] == 64
+@pytest.mark.parametrize("option, label", [("--participant-label", "../x"), ("--participant-label", "*"),
+                                           ("--participant-label", "01/../02"), ("--session-label", "../x"),
+                                           ("--session-label", "0?")])
+def test_label_with_path_characters_exits_64(capsys, raw_bids, tmp_path, option, label):
+    code, text = _run(capsys, raw_bids, tmp_path / "out", "participant", option, label,
+                      "-w", tmp_path / "w", "--skip-bids-validation", "--device", "cpu")
+    assert code == 64 and "is not a valid BIDS label" in text, text
 
 
 def test_invalid_dataset_exits_16(capsys, fresh_bids, tmp_path):
     (fresh_bids / "dataset_description.json").write_text('{"Name": "no BIDSVersion"}')
-    code, text = _run(capsys, fresh_bids, tmp_path / "out", "participant", "-w", tmp_path / "w", "--dry-run",
-                      "--device", "cpu")
+    args = [fresh_bids, tmp_path / "out", "participant", "-w", tmp_path / "w", "--dry-run", "--device", "cpu",
+            *prior_args()]
+    code, text = _run(capsys, *args)
     assert code == 16 and "BIDSVersion" in text and "--skip-bids-validation" in text
+    code, text = _run(capsys, *args, "--skip-bids-validation")
+    assert code == 0 and "BIDS validation skipped" in text, text
+
+
+def test_sidecar_that_is_not_json_fails_validation_or_its_scan(capsys, fresh_bids, tmp_path):
+    sidecar = fresh_bids / "sub-01/ses-01/anat/sub-01_ses-01_T2w.json"
+    sidecar.write_text('{"MagneticFieldStrength": 0.064,')
+    args = [fresh_bids, tmp_path / "out", "participant", "-w", tmp_path / "w", "--dry-run", "--device", "cpu",
+            *prior_args()]
+    code, text = _run(capsys, *args)
+    assert code == 16 and "JSON_INVALID" in text and "sub-01_ses-01_T2w.json" in text, text
+    code, text = _run(capsys, *args, "--skip-bids-validation")  # that scan only is refused; the others go on
+    assert code == 1, text
+    assert "Plan: 3 scan(s) to enhance, 2 skipped, 1 cannot be enhanced" in text
+    assert ("sub-01/ses-01/anat/sub-01_ses-01_T2w.nii.gz: its sidecar sub-01/ses-01/anat/sub-01_ses-01_T2w.json "
+            "is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 33") in text
+    assert "Dry run: nothing was enhanced or written; 1 scan(s) cannot be enhanced (see above)." in text
+    (fresh_bids / "T1w.json").write_text("{")  # inherited by every T1w, the 3 T one included: all refused
+    code, text = _run(capsys, *args, "--skip-bids-validation")
+    assert code == 1 and "Plan: 0 scan(s) to enhance, 1 skipped, 5 cannot be enhanced" in text, text
+    assert "sub-02/anat/sub-02_run-01_T1w.nii.gz: its sidecar T1w.json is not valid JSON" in text
+    assert "Summary: 0 done, 1 skipped, 5 failed" in text
+
+
+def test_scan_needing_more_memory_than_allowed_is_refused(capsys, raw_bids, tmp_path):
+    code, text = _run(capsys, raw_bids, tmp_path / "out", "participant", "-w", tmp_path / "w", "--dry-run",
+                      "--device", "cpu", "--skip-bids-validation", "--participant-label", "02", "--mem", "100M",
+                      *prior_args())
+    assert code == 1, text
+    assert re.search(r"sub-02/anat/sub-02_run-01_T1w.nii.gz: too large: it needs about \d+ MB of memory \(input "
+                     r"20x24x8, output grid 80x96x64 at 1 mm\), more than --mem 100 MB allows; use a coarser "
+                     r"--output-resolution, crop the image, or run it where more memory is available", text), text
+    assert "Summary: 0 done, 1 skipped, 1 failed" in text and not (tmp_path / "out").exists()
+
+
+def test_shipped_prior_not_matching_its_checksum_fails_before_any_work(capsys, raw_bids, tmp_path, monkeypatch):
+    from diffdeur_bids.enhance import solver
+
+    monkeypatch.setattr(solver, "shipped_prior_sha256", lambda: "0" * 64)  # as if the file had been altered
+    solver._cached_default_prior.cache_clear()
+    try:
+        code, text = _run(capsys, raw_bids, tmp_path / "out", "participant", "-w", tmp_path / "w", "--device", "cpu",
+                          "--skip-bids-validation")
+    finally:
+        solver._cached_default_prior.cache_clear()
+    assert code == 1 and f"expected {'0' * 64}: the file is corrupt or not the shipped one" in text, text
+    assert not (tmp_path / "out").exists() and not (tmp_path / "w").exists()
+
+
+def _shipped_prior_without_a_tensor(path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from diffdeur_bids.enhance import default_prior_path
+
+    with safe_open(str(default_prior_path()), "pt") as fh:
+        metadata = fh.metadata()
+    state = load_file(str(default_prior_path()))
+    state.pop(sorted(state)[0])
+    save_file(state, str(path), metadata=metadata)
+
+
+@pytest.mark.parametrize("kind, needle", [
+    ("truncated", "truncated or not a safetensors file"),
+    ("pickle", "truncated or not a safetensors file"),
+    ("architecture", "does not match the prior architecture it declares"),
+    ("missing", "does not exist"),
+])
+def test_bad_prior_weights_fail_before_any_work(capsys, raw_bids, tmp_path, kind, needle):
+    from diffdeur_bids.enhance import default_prior_path
+
+    weights = tmp_path / "prior.safetensors"
+    if kind == "truncated":
+        weights.write_bytes(default_prior_path().read_bytes()[:100_000])
+    elif kind == "pickle":  # a torch.save file whose loading would run code: it must be refused, not loaded
+        import torch
+
+        class Payload:
+            def __reduce__(self):
+                return os.mkdir, (str(tmp_path / "code_was_run"),)
+
+        torch.save({"weights": Payload()}, weights)
+    elif kind == "architecture":
+        _shipped_prior_without_a_tensor(weights)
+    code, text = _run(capsys, raw_bids, tmp_path / "out", "participant", "-w", tmp_path / "w", "--device", "cpu",
+                      "--skip-bids-validation", "--prior", weights)
+    assert code == (64 if kind == "missing" else 1) and needle in text, text
+    assert not (tmp_path / "out").exists() and not (tmp_path / "w").exists()  # nothing enhanced or written
+    assert not (tmp_path / "code_was_run").exists()
 
 
 def test_dry_run_prints_plan(capsys, raw_bids, tmp_path):

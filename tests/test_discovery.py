@@ -75,10 +75,38 @@ def test_not_bids(tmp_path):
         discover(tmp_path)
 
 
-@pytest.mark.parametrize("value, tesla", [(0.064, 0.064), (3, 3.0), ("0.55", 0.55), ("0.064 T", 0.064),
-                                          (None, None), ("low", None), (True, None)])
+@pytest.mark.parametrize("value, tesla", [
+    (0.064, 0.064), (3, 3.0), (21.1, 21.1), ("0.55", 0.55), ("0.064 T", 0.064), ("0.064T", 0.064),
+    ("0.064 tesla", 0.064), ("64 mT", 0.064), ("64mt", 0.064), ("640 G", 0.064), ("640 gauss", 0.064),
+    (640, 0.064), ("640", 0.064), (15000, 1.5), (30000, 3.0),           # above 30: gauss, as old DICOM headers
+    (None, None), ("low", None), (True, None), (0, None), (-1, None), ("64 kT", None), ([0.064], None),
+])
 def test_field_strength_values(value, tesla):
     assert parse_field_strength(value) == tesla
+
+
+def test_field_strength_in_other_units_is_read_and_written_in_tesla(fresh_bids, caplog):
+    def set_field(relpath, value):
+        path = fresh_bids / relpath
+        path.write_text(json.dumps({**json.loads(path.read_text()), "MagneticFieldStrength": value}))
+
+    set_field("sub-01/ses-01/anat/sub-01_ses-01_T2w.json", "64 mT")
+    set_field("T1w.json", 640)
+    set_field("sub-02/anat/sub-02_T2w.json", "low")
+    found = discover(fresh_bids, max_field_strength=1.0, assume_lowfield=True)
+    by_name = {s.relpath.name: s for s in found.scans}
+    for name in ("sub-01_ses-01_T2w.nii.gz", "sub-02_run-01_T1w.nii.gz"):
+        assert by_name[name].field_strength == 0.064
+    assert "sub-01_ses-02_acq-hf_T1w.nii.gz" not in by_name  # its own sidecar says 3 (T)
+    assert by_name["sub-01_ses-01_T2w.nii.gz"].metadata["MagneticFieldStrength"] == 0.064  # the sidecars get tesla
+    assert by_name["sub-02_run-01_T1w.nii.gz"].metadata["MagneticFieldStrength"] == 0.064
+    assert "MagneticFieldStrength" not in by_name["sub-02_T2w.nii.gz"].metadata  # unreadable: not propagated
+    assert by_name["sub-02_T2w.nii.gz"].field_strength is None
+    assert "MagneticFieldStrength '64 mT' read as 0.064 T (sub-01/ses-01/anat/sub-01_ses-01_T2w.nii.gz)" in caplog.text
+    assert ("MagneticFieldStrength 640 read as 0.064 T (a bare number above 30 is taken as gauss) "
+            "(sub-01/ses-01/anat/sub-01_ses-01_T1w.nii.gz and 2 more); BIDS wants a number in tesla") in caplog.text
+    skipped = {str(s.relpath): s.reason for s in discover(fresh_bids).skipped}
+    assert skipped[NO_FIELD_SCAN].startswith("MagneticFieldStrength 'low' cannot be read as a field strength")
 
 
 def test_only_magnitude_images(fresh_bids):

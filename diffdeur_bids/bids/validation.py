@@ -1,17 +1,19 @@
 """Run bids-validator-deno on the input dataset and explain its errors in a few readable lines.
 
 The deno validator (not the Python ``bids-validator``, which only checks names) bundles the BIDS
-schema and runs offline. When it is not installed the run goes on with a warning: validation is
-helpful, not mandatory, for a BIDS App.
+schema and runs offline; its cache goes to a temporary folder unless ``DENO_DIR`` is set. When it
+is not installed the run goes on with a warning: validation is helpful, not mandatory, for a BIDS App.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -30,8 +32,11 @@ def run_validator(dataset: Path, extra_args=()) -> tuple[int, dict]:
     exe = find_validator()
     if exe is None:
         raise FileNotFoundError("bids-validator-deno is not installed (pip install 'diffdeur[validate]')")
-    proc = subprocess.run([exe, str(dataset), "--format", "json", *extra_args],
-                          capture_output=True, text=True, timeout=600)
+    with tempfile.TemporaryDirectory(prefix="diffdeur-deno-") as deno_dir:
+        # deno caches compiled code in ~/.cache/deno: keep it in a temporary folder (HOME may be read-only)
+        env = {"DENO_DIR": deno_dir, **os.environ}
+        proc = subprocess.run([exe, str(dataset), "--format", "json", *extra_args],
+                              capture_output=True, text=True, timeout=600, env=env)
     try:
         report = json.loads(proc.stdout)
     except ValueError:

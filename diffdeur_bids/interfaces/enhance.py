@@ -9,8 +9,10 @@ import json
 import logging
 from pathlib import Path
 
+import torch
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, traits
 
+from ..errors import NotEnoughMemoryError
 from ..imageio import load_volume, save_volume
 
 log = logging.getLogger("nipype.interface")
@@ -33,6 +35,17 @@ class _EnhanceOutputSpec(TraitedSpec):
     info_file = File(exists=True, desc="JSON record of how the image was made")
 
 
+def _out_of_memory(label: str, error: BaseException) -> NotEnoughMemoryError:
+    """The error users read when a scan does not fit (on a GPU: even once the prior's batches are down to one slice)."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        what, last_fix = "the GPU ran out of memory even with the smallest batches", "or use --device cpu"
+    else:
+        what, last_fix = "the machine ran out of memory", "or give the run more memory"
+    detail = (str(error).splitlines() or [type(error).__name__])[0][:200]
+    return NotEnoughMemoryError(f"{label}: {what} ({detail}); use a coarser --output-resolution, run fewer scans "
+                                f"at once (--nprocs, --mem), {last_fix}")
+
+
 class EnhanceImage(SimpleInterface):
     input_spec = _EnhanceInputSpec
     output_spec = _EnhanceOutputSpec
@@ -51,7 +64,10 @@ class EnhanceImage(SimpleInterface):
         def progress(step, total, elapsed, eta):
             log.info("%s: step %d/%d, %.0f s elapsed, about %.0f s left", label, step, total, elapsed, eta)
 
-        result = enhance(data, affine, settings, prior=prior, progress=progress)
+        try:
+            result = enhance(data, affine, settings, prior=prior, progress=progress)
+        except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+            raise _out_of_memory(label, e) from e
 
         cwd = Path(runtime.cwd)
         self._results["out_file"] = str(save_volume(cwd / "enhanced.nii.gz", result.image, result.affine, space_code))
