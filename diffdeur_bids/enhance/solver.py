@@ -12,7 +12,7 @@ Per noise level sigma_t, from high to low (DiffPIR's schedule and re-noising):
    ``eps_hat = (x_t - f) / sigma_t`` as in DiffPIR (DDIM's ``(x_t - z) / sigma_t`` scored
    worse on the benchmark: the fidelity correction then never re-enters the noise).
 
-The INR is first fitted to the data with a pull towards trilinear interpolation, which gives
+The INR is first fitted to the data with a pull towards cubic interpolation, which gives
 the starting point; the result is the INR rendered on the output grid after the last step.
 """
 
@@ -145,8 +145,9 @@ def run_diffdeur(p: Problem) -> torch.Tensor:
     inr = make_inr(p.y.shape, p.fid_grid, p.out_grid, p.device, init_value=float(p.y.mean()))
     opt = make_optimizer(inr, s.inr_lr)
     # Start: the INR fitted to the data (an early-stopped IREM, which deblurs) with a pull of
-    # weight ``inr_init_pull`` towards trilinear interpolation, which keeps it from fitting noise.
-    start = resample(p.y, p.lf_grid, p.out_grid)
+    # weight ``inr_init_pull`` towards cubic interpolation, which keeps it from fitting noise
+    # (cubic rather than trilinear: +0.6 dB on a 1mm-track training volume, sharper edges).
+    start = resample(p.y, p.lf_grid, p.out_grid, order=3).clamp_min(0)
     fit_inr(inr, fid, opt, s.inr_init_iters, z=start, rho=s.inr_init_pull / max(p.noise_sigma, 1e-3) ** 2)
     x0 = render(inr, p.out_grid, p.device)
     p.tick()
