@@ -38,7 +38,7 @@ def app(*args) -> list[str]:
 
 
 def app_env(**extra) -> dict:
-    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **extra)
+    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
 
 
 def run_app(*args, prefix=(), env=None, cwd=None, timeout=300) -> subprocess.CompletedProcess:
@@ -251,7 +251,7 @@ def test_stop_on_first_crash_stops_at_the_first_failed_scan(hostile):
 
 # --- interruption and resume -------------------------------------------------------------------------------
 
-SLOW = ["--quality", "fast", "--steps", "100", "--output-resolution", "4", "--device", "cpu", "--nprocs", "1",
+SLOW = ["--quality", "fast", "--steps", "300", "--output-resolution", "4", "--device", "cpu", "--nprocs", "1",
         "--omp-nthreads", "1", "--skip-bids-validation", "--participant-label", "01", "--session-label", "01",
         *prior_args()]
 
