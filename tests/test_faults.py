@@ -258,8 +258,11 @@ SLOW = ["--quality", "fast", "--steps", "300", "--output-resolution", "4", "--de
 
 def start_and_interrupt(raw, out, work, signum):
     """Start a run of two scans; once the first is written and the second is being enhanced, send ``signum``."""
+    # as a foreground command in a terminal: SIGINT not ignored, even when the test runner runs as a background job
+    # (whose shell ignores SIGINT, a disposition children would inherit and Python would respect)
     proc = subprocess.Popen(app(raw, out, "participant", "-w", work, *SLOW), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=app_env())
+                            stderr=subprocess.PIPE, text=True, env=app_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     stderr = []
     reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
     reader.start()
