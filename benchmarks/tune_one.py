@@ -2,6 +2,8 @@
 
     python benchmarks/tune_one.py ../shared/data/hf/ixi_2mm/IXI132-HH-1415_T1w.nii.gz --track 2mm \
         --methods linear diffdeur --set sigma_start=0.25 mu=1.0 inr_lr=0.05
+    python benchmarks/tune_one.py ../shared/data/hf/1mm/IXI002-Guys-0828_T2w_brain_hdbet.nii.gz --track 1mm \
+        --crop-to-head --methods cubic diffdeur --set num_samples=2
 
 Each ``--set NAME=VALUE`` overrides an ``EnhanceSettings`` field of the default preset; scores are
 sim-lf-v1's (PSNR, SSIM; LPIPS with --lpips). Use the full benchmark (sim_lf.py) for reported figures.
@@ -19,6 +21,16 @@ import torch
 from diffdeur_bids.enhance import EnhanceSettings, enhance
 from diffdeur_bids.enhance.forward import TRACKS, simulate_lowfield
 from diffdeur_bids.metrics import score_volume
+
+
+def _crop_to_head(hf: np.ndarray, affine: np.ndarray, margin: int = 4):
+    """Drop the empty border, keeping the affine true to the cropped voxels."""
+    inside = np.argwhere(hf > 0.05 * np.percentile(hf[hf > 0], 99.5))
+    lo = np.maximum(inside.min(0) - margin, 0)
+    hi = inside.max(0) + margin + 1
+    cropped = affine.copy()
+    cropped[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+    return hf[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], cropped
 
 
 def _value(text: str):
@@ -39,11 +51,16 @@ def main():
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lpips", action="store_true")
+    ap.add_argument("--crop-to-head", action="store_true",
+                    help="crop the HF volume to the bounding box of its voxels above 5%% of the 99.5th percentile, plus 4 voxels (faster)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
     img = nib.as_closest_canonical(nib.load(args.hf_file))
-    lf, lf_aff, gt, gt_aff = simulate_lowfield(np.asarray(img.dataobj, dtype=np.float32), img.affine, **TRACKS[args.track], seed=0)
+    hf, hf_aff = np.asarray(img.dataobj, dtype=np.float32), img.affine
+    if args.crop_to_head:
+        hf, hf_aff = _crop_to_head(hf, hf_aff)
+    lf, lf_aff, gt, gt_aff = simulate_lowfield(hf, hf_aff, **TRACKS[args.track], seed=0)
     resolution = tuple(float(v) for v in np.sqrt((gt_aff[:3, :3] ** 2).sum(0)))
     for method in args.methods:
         settings = EnhanceSettings.preset(args.quality, method=method, output_resolution=resolution, device="cpu", **overrides)
