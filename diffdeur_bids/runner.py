@@ -152,16 +152,10 @@ def load_weights(config: Config) -> str:
 
 def output_shape(scan, resolution: float) -> tuple[int, ...]:
     """Output grid shape of a scan, computed from its header on its RAS+ grid exactly as the method will."""
-    import nibabel as nib
-
     from .enhance import output_grid
 
-    shape, affine = ras_grid(scan.shape[:3], nib.load(str(scan.path)).affine)
+    shape, affine = ras_grid(scan.shape[:3], scan.affine)
     return tuple(output_grid(shape, affine, resolution).shape)
-
-
-def output_shapes(scans, resolution: float) -> dict:
-    return {str(scan.relpath): output_shape(scan, resolution) for scan in scans}
 
 
 def plan_grids(found, config: Config) -> dict:

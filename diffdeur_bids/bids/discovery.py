@@ -46,6 +46,7 @@ class Scan:
     field_strength: float | None     # tesla; None when the sidecar does not say
     shape: tuple[int, ...]
     zooms: tuple[float, ...]
+    affine: np.ndarray = field(compare=False)  # from the header, read once here
     field_note: str = ""             # how a MagneticFieldStrength that is not a number of tesla was read
 
     @property
@@ -148,20 +149,28 @@ def parse_field_strength(value) -> float | None:
     no MRI magnet reaches, as gauss, as older DICOM headers stored them (``15000`` -> 1.5 T).
     Zero, negative, non-finite and other values (``"low"``, ``true``) are not read.
     """
+    return read_field_strength(value)[0]
+
+
+def read_field_strength(value) -> tuple[float | None, str]:
+    """:func:`parse_field_strength`, and how a value that is not a plain number of tesla was read ("" if it is)."""
     if isinstance(value, bool) or value is None:
-        return None
+        return None, ""
     if isinstance(value, (int, float)):
         number, unit = float(value), ""
     else:
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*([a-z]*)\s*", str(value), flags=re.IGNORECASE)
         if not match or match.group(2).lower() not in _FIELD_UNITS:
-            return None
+            return None, ""
         number, unit = float(match.group(1)), match.group(2).lower()
     if not math.isfinite(number) or number <= 0:
-        return None
-    if unit == "" and number > GAUSS_ABOVE:
-        unit = "gauss"
-    return number / _FIELD_UNITS[unit]
+        return None, ""
+    gauss = unit == "" and number > GAUSS_ABOVE
+    tesla = number / _FIELD_UNITS["gauss" if gauss else unit]
+    if isinstance(value, (int, float)) and not gauss:
+        return tesla, ""
+    note = f"MagneticFieldStrength {value!r} read as {tesla:g} T"
+    return tesla, note + (f" (a bare number above {GAUSS_ABOVE} is taken as gauss)" if gauss else "")
 
 
 def broken_sidecars(bids_dir: Path, subjects) -> dict[str, str]:
@@ -306,7 +315,8 @@ def _examine(path: Path, relpath: PurePosixPath, layout, max_t: float, assume_lo
     except Exception as e:  # pybids' own complaint; broken JSON was caught before
         return Skipped(relpath, f"cannot read its JSON sidecar: {e}", error=True)
     try:
-        header = nib.load(str(path)).header
+        image = nib.load(str(path))
+        header, affine = image.header, image.affine
         shape = tuple(int(n) for n in header.get_data_shape())
         zooms = tuple(float(z) for z in header.get_zooms()[:3])
     except Exception as e:
@@ -317,7 +327,7 @@ def _examine(path: Path, relpath: PurePosixPath, layout, max_t: float, assume_lo
         return Skipped(relpath, problem, error=True)
 
     raw_field = metadata.get("MagneticFieldStrength")
-    tesla = parse_field_strength(raw_field)
+    tesla, field_note = read_field_strength(raw_field)
     if tesla is None and not assume_lowfield:
         why = "no MagneticFieldStrength in its sidecar" if raw_field is None else \
             f"MagneticFieldStrength {raw_field!r} cannot be read as a field strength (BIDS: a number in tesla)"
@@ -330,17 +340,7 @@ def _examine(path: Path, relpath: PurePosixPath, layout, max_t: float, assume_lo
     else:
         metadata["MagneticFieldStrength"] = tesla
     return Scan(path=path, relpath=relpath, suffix=src.suffix, metadata=metadata,
-                field_strength=tesla, shape=shape, zooms=zooms, field_note=_field_note(raw_field, tesla))
-
-
-def _field_note(raw, tesla: float | None) -> str:
-    """How a MagneticFieldStrength that is not a plain number of tesla was read; empty when it is one."""
-    if tesla is None or (not isinstance(raw, str) and float(raw) == tesla):
-        return ""
-    bare_number = not isinstance(raw, str) or re.fullmatch(r"\s*[0-9.eE+-]+\s*", raw)
-    gauss = bare_number and float(raw) > GAUSS_ABOVE
-    return f"MagneticFieldStrength {raw!r} read as {tesla:g} T" + \
-        (f" (a bare number above {GAUSS_ABOVE} is taken as gauss)" if gauss else "")
+                field_strength=tesla, shape=shape, zooms=zooms, affine=affine, field_note=field_note)
 
 
 def header_problem(path: Path, header, shape) -> str | None:
