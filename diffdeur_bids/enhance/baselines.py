@@ -10,6 +10,7 @@ import torch
 from .errors import MissingDependencyError
 from .grids import resample
 from .inr import fit_inr, make_inr, make_optimizer, render
+from .linalg import conjugate_gradient
 from .prior import denoise_slices, karras_sigmas
 
 
@@ -56,24 +57,8 @@ def _solve_prox(p, z, rho, x0, iters=8):
     """Closed-form fidelity step by conjugate gradients: (A^T A / s^2 + rho) x = A^T y / s^2 + rho z."""
     inv_var = 1.0 / max(p.noise_sigma, 1e-3) ** 2
     A = p.operator
-
-    def normal(x):
-        return A.adjoint(A(x)) * inv_var + rho * x
-
     b = A.adjoint(p.y) * inv_var + rho * z
-    x = x0.clone()
-    r = b - normal(x)
-    d = r.clone()
-    rr = (r * r).sum()
-    for _ in range(iters):
-        q = normal(d)
-        alpha = rr / (d * q).sum().clamp_min(1e-30)
-        x += alpha * d
-        r -= alpha * q
-        rr_new = (r * r).sum()
-        d = r + (rr_new / rr.clamp_min(1e-30)) * d
-        rr = rr_new
-    return x
+    return conjugate_gradient(lambda x: A.adjoint(A(x)) * inv_var + rho * x, b, x0, iters)
 
 
 def run_prior_closed_form(p) -> torch.Tensor:

@@ -23,6 +23,8 @@ class EnhanceSettings:
     prior term of the fidelity step: rho_t = mu * (sigma_n / sigma_t)^2 (DiffPIR's form of
     the seed's ``mu * sigma_t^2`` weighting). ``zeta`` is the share of fresh noise when
     re-noising between steps (0: deterministic DDIM-like, 1: fully stochastic).
+    ``start_damping`` is the lambda of the start's data-consistency step (``start.py``):
+    0 projects onto the prior-denoised data exactly, larger values stay nearer interpolation.
     """
 
     method: str = "diffdeur"
@@ -35,6 +37,7 @@ class EnhanceSettings:
     inr_init_iters: int = 40
     inr_lr: float = 0.05
     inr_init_pull: float = 1.0
+    start_damping: float = 0.3
     sigma_start: float = 0.25
     sigma_end: float = 0.01
     zeta: float = 0.3
@@ -74,5 +77,7 @@ class EnhanceSettings:
             raise ValueError("noise_sigma must be >= 0")
         if self.slice_profile != "box":
             raise ValueError("only the box slice profile is implemented (slice_profile='box')")
+        if not self.start_damping >= 0:
+            raise ValueError("start_damping must be >= 0")
         if not 0 <= self.zeta <= 1:
             raise ValueError("zeta must be in [0, 1]")
