@@ -25,6 +25,8 @@ class EnhanceSettings:
     re-noising between steps (0: deterministic DDIM-like, 1: fully stochastic).
     ``start_damping`` is the lambda of the start's data-consistency step (``start.py``):
     0 projects onto the prior-denoised data exactly, larger values stay nearer interpolation.
+    ``average_fraction`` is the share of the last sampler levels whose estimates are averaged
+    into the result (0: the last estimate alone).
     """
 
     method: str = "diffdeur"
@@ -41,6 +43,7 @@ class EnhanceSettings:
     sigma_start: float = 0.25
     sigma_end: float = 0.01
     zeta: float = 0.3
+    average_fraction: float = 0.5
     noise_sigma: float | None = None
     psf_sigma: float = 0.5
     slice_profile: str = "box"
@@ -79,5 +82,7 @@ class EnhanceSettings:
             raise ValueError("only the box slice profile is implemented (slice_profile='box')")
         if not self.start_damping >= 0:
             raise ValueError("start_damping must be >= 0")
+        if not 0 <= self.average_fraction <= 1:
+            raise ValueError("average_fraction must be in [0, 1]")
         if not 0 <= self.zeta <= 1:
             raise ValueError("zeta must be in [0, 1]")

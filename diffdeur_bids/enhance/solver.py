@@ -14,7 +14,8 @@ Per noise level sigma_t, from high to low (DiffPIR's schedule and re-noising):
 
 The INR is first fitted to the data with a pull towards the start of ``start.py`` (the LF scan
 denoised by the prior, interpolated, then made consistent with the denoised data), which gives
-the starting point; the result is the INR rendered on the output grid after the last step.
+the starting point; the result is the mean of the INR renders over the last levels
+(``average_fraction`` of them; 0 keeps the last render only).
 """
 
 from __future__ import annotations
@@ -126,19 +127,31 @@ def _seed_everything(seed: int) -> None:
 
 
 def hqs_sample(p: Problem, start: torch.Tensor, prox: Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """The HQS / DiffPIR loop; ``prox(z, sigma, x0)`` is the fidelity step (INR or closed form)."""
+    """The HQS / DiffPIR loop; ``prox(z, sigma, x0)`` is the fidelity step (INR or closed form).
+
+    Returns the mean of the fidelity estimates over the last ``average_fraction`` of the levels:
+    with a few optimiser steps per level the last estimate still wanders (SSIM moved by up to
+    0.1 between presets on the benchmark), and the mean of the low-noise estimates is a cheap
+    step towards the posterior mean (+0.03 to +0.08 dB and +0.002 to +0.009 SSIM on training
+    volumes of both tracks).
+    """
     s = p.settings
     sigmas = karras_sigmas(s.steps, s.sigma_start, s.sigma_end)
+    first_averaged = len(sigmas) - max(1, math.ceil(s.average_fraction * len(sigmas)))
     x0 = start
     x = x0 + sigmas[0] * p.randn(x0.shape)
+    total, count = torch.zeros_like(x0), 0
     for i, sigma in enumerate(sigmas):
         z = denoise_volume(p.prior, x, sigma, axis=i % 3, max_pixels=s.max_pixels)
         x0 = prox(z, sigma, x0)
+        if i >= first_averaged:
+            total += x0
+            count += 1
         if i + 1 < len(sigmas):
             eps_hat = (x - x0) / sigma  # DiffPIR: measured better than DDIM's (x - z) here
             x = x0 + sigmas[i + 1] * (math.sqrt(1 - s.zeta) * eps_hat + math.sqrt(s.zeta) * p.randn(x0.shape))
         p.tick()
-    return x0
+    return total / count
 
 
 def run_diffdeur(p: Problem) -> torch.Tensor:
