@@ -4,6 +4,8 @@
         --methods linear diffdeur --set sigma_start=0.25 mu=1.0 inr_lr=0.05
     python benchmarks/tune_one.py ../shared/data/hf/1mm/IXI002-Guys-0828_T2w_brain_hdbet.nii.gz --track 1mm \
         --crop-to-head --methods cubic diffdeur --set num_samples=2
+    python benchmarks/tune_one.py ../shared/data/hf/1mm/IXI002-Guys-0828_T1w_brain_hdbet.nii.gz --track 1mm \
+        --crop-to-head --noise-sigma 0 --methods cubic start --set start_damping=0
 
 Each ``--set NAME=VALUE`` overrides an ``EnhanceSettings`` field of the default preset; scores are
 sim-lf-v1's (PSNR, SSIM; LPIPS with --lpips). Use the full benchmark (sim_lf.py) for reported figures.
@@ -51,6 +53,7 @@ def main():
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lpips", action="store_true")
+    ap.add_argument("--noise-sigma", type=float, default=None, help="override the track's noise level (0: resolution loss only)")
     ap.add_argument("--crop-to-head", action="store_true",
                     help="crop the HF volume to the bounding box of its voxels above 5%% of the 99.5th percentile, plus 4 voxels (faster)")
     args = ap.parse_args()
@@ -60,7 +63,10 @@ def main():
     hf, hf_aff = np.asarray(img.dataobj, dtype=np.float32), img.affine
     if args.crop_to_head:
         hf, hf_aff = _crop_to_head(hf, hf_aff)
-    lf, lf_aff, gt, gt_aff = simulate_lowfield(hf, hf_aff, **TRACKS[args.track], seed=0)
+    track = dict(TRACKS[args.track])
+    if args.noise_sigma is not None:
+        track["noise_sigma"] = args.noise_sigma
+    lf, lf_aff, gt, gt_aff = simulate_lowfield(hf, hf_aff, **track, seed=0)
     resolution = tuple(float(v) for v in np.sqrt((gt_aff[:3, :3] ** 2).sum(0)))
     for method in args.methods:
         settings = EnhanceSettings.preset(args.quality, method=method, output_resolution=resolution, device="cpu", **overrides)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-METHODS = ("diffdeur", "linear", "cubic", "cubic_bm3d", "inr", "dps", "prior_cf")
+METHODS = ("diffdeur", "linear", "cubic", "cubic_bm3d", "inr", "dps", "prior_cf", "start")
 
 # Each preset trades time for quality; the benchmark chose these numbers.
 PRESETS = {

@@ -41,7 +41,7 @@ from .start import data_consistent_start
 
 Progress = Callable[[int, int, float, float], None]
 MAX_OUTPUT_VOXELS = 2**28  # ~268 M voxels (640^3): beyond this, refuse rather than run out of memory
-NEEDS_PRIOR = ("diffdeur", "dps", "prior_cf")
+NEEDS_PRIOR = ("diffdeur", "dps", "prior_cf", "start")
 
 
 @dataclass
@@ -186,6 +186,7 @@ def _methods():
         "inr": baselines.run_inr,
         "dps": baselines.run_dps,
         "prior_cf": baselines.run_prior_closed_form,
+        "start": data_consistent_start,  # ablation: the start alone, without the sampler
     }
 
 
