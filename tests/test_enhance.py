@@ -20,12 +20,9 @@ from diffdeur_bids.enhance import (
     save_prior,
 )
 from diffdeur_bids.enhance.forward import Degradation, estimate_noise_sigma, simulate_lowfield
-from diffdeur_bids.enhance.baselines import run_cubic
-from diffdeur_bids.enhance.grids import fidelity_grid, lf_grid, subdivided_grid
+from diffdeur_bids.enhance.grids import fidelity_grid, subdivided_grid
 from diffdeur_bids.enhance.inr import FidelityProblem, fit_inr, make_inr, make_optimizer, render
-from diffdeur_bids.enhance.normalise import robust_max
-from diffdeur_bids.enhance.solver import Problem
-from diffdeur_bids.enhance.start import damped_projection, data_consistent_start
+from diffdeur_bids.enhance.start import damped_projection
 from diffdeur_bids.metrics import score_volume
 
 
@@ -283,25 +280,16 @@ def test_damped_projection_reaches_the_data_and_damping_pulls_towards_the_start(
     assert float((huge - start).abs().max()) < 1e-4  # infinite damping: the start itself
 
 
-def _problem(lf, lf_aff, prior, settings):
-    y_scale = robust_max(lf)
-    y = torch.from_numpy(lf / y_scale)
-    out = output_grid(lf.shape, lf_aff, settings.output_resolution)
-    noise = estimate_noise_sigma(lf / y_scale)
-    return Problem(y, lf_grid(lf.shape, lf_aff), out, out, Degradation(out.subdivision, 0.5), noise, settings,
-                   torch.device("cpu"), prior, torch.Generator().manual_seed(0), lambda: None), y_scale
-
-
 def test_data_consistent_start_beats_cubic_interpolation(simulated):
     lf, lf_aff, gt, gt_aff = simulated
-    settings = EnhanceSettings.preset("fast", output_resolution=2.0, device="cpu")
-    p, scale = _problem(lf, lf_aff, load_default_prior("cpu"), settings)
-    start = data_consistent_start(p).numpy() * scale
-    cubic = run_cubic(p).numpy() * scale
-    s_start = score_volume(start, p.out_grid.affine, gt, gt_aff, lpips=False)
-    s_cubic = score_volume(cubic, p.out_grid.affine, gt, gt_aff, lpips=False)
+    common = dict(output_resolution=2.0, device="cpu")
+    start = enhance(lf, lf_aff, EnhanceSettings.preset("fast", method="start", **common))
+    cubic = enhance(lf, lf_aff, EnhanceSettings.preset("fast", method="cubic", **common))
+    s_start = score_volume(start.image, start.affine, gt, gt_aff, lpips=False)
+    s_cubic = score_volume(cubic.image, cubic.affine, gt, gt_aff, lpips=False)
     assert s_start["psnr"] > s_cubic["psnr"] + 0.3
     assert s_start["ssim"] > s_cubic["ssim"] + 0.03
+    assert start.info["weights_sha256"] == load_default_prior("cpu").sha256
 
 
 @pytest.mark.parametrize("field, value", [("zeta", 1.5), ("average_fraction", -0.1), ("average_fraction", 2.0),
