@@ -13,7 +13,6 @@ space and is the child's own peak; ``ru_maxrss`` is still recorded beside it.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import io
 import math
 import multiprocessing as mp
@@ -32,6 +31,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing the pack
 import numpy as np  # noqa: E402
 
 from diffdeur_bids.atomic import write_bytes, write_json, write_text  # noqa: E402,F401
+from diffdeur_bids.checksums import file_sha256  # noqa: E402
 
 
 # --------------------------------------------------------------------------- one method, own process
@@ -56,8 +56,8 @@ def _child(job: dict, conn) -> None:
 def _run_job(job: dict) -> dict:
     import torch
 
-    from diffdeur_bids.enhance import EnhanceSettings, enhance, load_default_prior
-    from diffdeur_bids.enhance.solver import NEEDS_PRIOR
+    from diffdeur_bids.enhance import METHODS, EnhanceSettings, enhance
+    from diffdeur_bids.priors import load_prior
 
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
@@ -65,7 +65,7 @@ def _run_job(job: dict) -> dict:
     cuda = settings.device.startswith("cuda") or (settings.device == "auto" and torch.cuda.is_available())
     rss_before_mb = peak_rss_mb()
     t0 = time.perf_counter()
-    prior = load_default_prior(settings.device) if settings.method in NEEDS_PRIOR else None
+    prior = load_prior(device=settings.device) if METHODS[settings.method].needs_prior else None
     load_s = time.perf_counter() - t0
     if cuda:
         torch.cuda.synchronize()
@@ -130,9 +130,10 @@ def provenance(device: str, threads: int | None) -> dict:
     import skimage
     import torch
 
-    from diffdeur_bids import metrics
+    from diffdeur_bids.evaluation import metrics
     from diffdeur_bids._version import __version__
-    from diffdeur_bids.enhance import default_prior_path, resolve_device
+    from diffdeur_bids.enhance import resolve_device
+    from diffdeur_bids.priors import shipped_path
 
     dev = resolve_device(device)
     info = {
@@ -148,7 +149,7 @@ def provenance(device: str, threads: int | None) -> dict:
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "cuda": torch.version.cuda, "numpy": np.__version__, "scipy": scipy.__version__,
                      "scikit-image": skimage.__version__, "nibabel": nibabel.__version__},
-        "weights_sha256": {"prior": sha256(default_prior_path()), "lpips": sha256(metrics.LPIPS_WEIGHTS)},
+        "weights_sha256": {"prior": sha256(shipped_path()), "lpips": sha256(metrics.LPIPS_WEIGHTS)},
     }
     return info
 
@@ -180,14 +181,7 @@ def _memory_gb() -> float | None:
 
 
 def sha256(path) -> str | None:
-    path = Path(path)
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path) if Path(path).is_file() else None
 
 
 # --------------------------------------------------------------------------- numbers and files

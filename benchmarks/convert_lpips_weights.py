@@ -63,7 +63,7 @@ def read_checkpoint(src: Path) -> bytes:
 
 
 def to_torch_layout(params: dict) -> dict[str, np.ndarray]:
-    """Flax (HWIO kernels) to the names and OIHW layout that diffdeur_bids.metrics expects."""
+    """Flax (HWIO kernels) to the names and OIHW layout that diffdeur_bids.evaluation.metrics expects."""
     out = {}
     alex = params["AlexNet_0"]
     for i in range(5):
@@ -79,7 +79,7 @@ def fixture_errors(path: Path, fixtures_dir: Path) -> dict[str, float]:
     """|LPIPS - published| for each example pair, with the weights at ``path``."""
     if str(REPO) not in sys.path:  # run from a checkout without installing the package
         sys.path.insert(0, str(REPO))
-    from diffdeur_bids import metrics
+    from diffdeur_bids.evaluation import metrics
 
     model = metrics.LPIPSAlex.from_file(path)
     ref = metrics.read_png_rgb(fixtures_dir / "ex_ref.png")

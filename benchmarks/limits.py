@@ -82,13 +82,14 @@ def _settings(args, method, gt_affine, psf_sigma=0.5):
 
 
 def profile_time(args, track: str) -> dict:
-    from diffdeur_bids.enhance import enhance, load_default_prior
-    from diffdeur_bids.enhance.forward import TRACKS, simulate_lowfield
+    from diffdeur_bids.enhance import enhance
+    from diffdeur_bids.evaluation.protocol import TRACKS, simulate_lowfield
+    from diffdeur_bids.priors import load_prior
 
     name, hf, affine = first_volume(args, track)
     lf, lf_aff, gt, gt_aff = simulate_lowfield(hf, affine, **TRACKS[track], seed=0)
     settings = _settings(args, "diffdeur", gt_aff)
-    prior = load_default_prior(args.device)
+    prior = load_prior(device=args.device)
     profiler = cProfile.Profile()
     t0 = time.perf_counter()
     profiler.enable()
@@ -106,12 +107,13 @@ def profile_time(args, track: str) -> dict:
 
 
 def profile_quality(args, track: str) -> dict:
-    from diffdeur_bids.enhance import enhance, load_default_prior
-    from diffdeur_bids.enhance.forward import TRACKS, simulate_lowfield
-    from diffdeur_bids.metrics import score_volume
+    from diffdeur_bids.enhance import enhance
+    from diffdeur_bids.evaluation.metrics import score_volume
+    from diffdeur_bids.evaluation.protocol import TRACKS, simulate_lowfield
+    from diffdeur_bids.priors import load_prior
 
     name, hf, affine = first_volume(args, track)
-    prior = load_default_prior(args.device)
+    prior = load_prior(device=args.device)
     out = {"volume": name, "variants": {}}
     for variant, make in VARIANTS.items():
         degradation = make(TRACKS[track])

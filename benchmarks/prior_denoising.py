@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-from diffdeur_bids.enhance.forward import normalise_ground_truth
-from diffdeur_bids.enhance.prior import default_prior_path, denoise_volume, load_prior
+from diffdeur_bids.evaluation.protocol import normalise_ground_truth
+from diffdeur_bids.priors import DEFAULT_PRIOR, load_prior
 
 REPO = Path(__file__).resolve().parents[1]
 VOLUMES = ["hf/ixi_2mm/IXI132-HH-1415_T1w.nii.gz", "hf/ixi_2mm/IXI162-HH-1548_T1w.nii.gz",
@@ -40,7 +40,7 @@ def psnr(pred, gt, mask):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prior", default=str(default_prior_path()))
+    ap.add_argument("--prior", default=DEFAULT_PRIOR, help="a shipped prior's name or a weights file")
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--threads", type=int, default=2)
@@ -57,7 +57,7 @@ def main():
             noisy = (gt + s * rng.standard_normal(gt.shape)).astype(np.float32)
             axis = i % 3
             noisy_t = torch.from_numpy(noisy)
-            per_axis = [denoise_volume(prior, noisy_t, s, axis=a).numpy() for a in range(3)]
+            per_axis = [prior.denoise(noisy_t, s, axis=a).numpy() for a in range(3)]
             in_plane = [[0 if a == axis else w for a in range(3)] for w in WIDTHS]  # no smoothing across slices
             rows.append(dict(
                 volume=Path(rel).name, sigma=s, axis=axis, noisy=psnr(noisy, gt, mask),

@@ -61,7 +61,7 @@ def template_cube(n: int, resolution: int = 1):
 
 def one_run(n: int, steps: int | None, args) -> dict:
     """Degrade one cube, enhance it in a fresh process, return the costs."""
-    from diffdeur_bids.enhance.forward import TRACKS, simulate_lowfield
+    from diffdeur_bids.evaluation.protocol import TRACKS, simulate_lowfield
 
     hf, aff = template_cube(n, 1 if args.track == "1mm" else 2)
     lf, lf_aff, gt, gt_aff = simulate_lowfield(hf, aff, **TRACKS[args.track], seed=args.seed)

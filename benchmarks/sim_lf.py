@@ -1,6 +1,6 @@
 """The sim-lf-v1 benchmark: every method on the same simulated low-field volumes.
 
-Quality (PSNR, SSIM, LPIPS, scored exactly by ``diffdeur_bids.metrics.score_volume``), wall time
+Quality (PSNR, SSIM, LPIPS, scored exactly by ``diffdeur_bids.evaluation.metrics.score_volume``), wall time
 and peak memory per volume and method, on the fixed validation split of ``../shared/data/hf``
 (never trained on). Each method run happens in its own freshly spawned process so its peak
 resident memory is its own. See ``../shared/design/benchmark-protocol.md`` and benchmarks/README.md.
@@ -146,7 +146,7 @@ def centre_crop(data: np.ndarray, affine: np.ndarray, n: int | None):
 
 def simulate(vol: dict, track: str, args) -> dict:
     """Protocol steps 1-8 for one volume: LF scan, its affine, and the GT it is scored against."""
-    from diffdeur_bids.enhance.forward import TRACKS, simulate_lowfield
+    from diffdeur_bids.evaluation.protocol import TRACKS, simulate_lowfield
 
     hf, aff = centre_crop(*load_hf(vol), args.crop)
     lf, lf_aff, gt, gt_aff = simulate_lowfield(hf, aff, **TRACKS[track], seed=args.seed)
@@ -168,7 +168,7 @@ def make_job(name: str, sim: dict, args) -> dict:
 
 def score(run: dict, sim: dict) -> dict:
     """PSNR/SSIM/LPIPS of the method's output, exactly as the protocol scores it."""
-    from diffdeur_bids.metrics import score_volume
+    from diffdeur_bids.evaluation.metrics import score_volume
 
     return score_volume(run["image"], run["affine"], sim["gt"], sim["gt_affine"], lpips=True)
 
@@ -193,7 +193,7 @@ def coronal_slice(volume: np.ndarray, sim: dict) -> np.ndarray:
 
     Coronal, not axial: it shows the through-plane axis (z), the one every track degrades most.
     """
-    from diffdeur_bids.metrics import align_intensity, bounding_box, score_mask
+    from diffdeur_bids.evaluation.metrics import align_intensity, bounding_box, score_mask
 
     mask = score_mask(sim["gt"])
     box = bounding_box(mask)
@@ -244,7 +244,7 @@ def _fmt(stat: dict, digits: int) -> str:
 
 def markdown(args, prov, notes, vols, results) -> str:
     """Per track: method | PSNR | SSIM | LPIPS | s/volume | peak MB (mean ± std over volumes)."""
-    from diffdeur_bids.enhance.forward import TRACKS
+    from diffdeur_bids.evaluation.protocol import TRACKS
 
     summ = summarise(results)
     gpu = any(s["peak_gpu_mb"]["n"] for t in summ.values() for s in t.values())

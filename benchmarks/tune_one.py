@@ -20,9 +20,10 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from diffdeur_bids.enhance import EnhanceSettings, enhance
-from diffdeur_bids.enhance.forward import TRACKS, simulate_lowfield
-from diffdeur_bids.metrics import score_volume
+from diffdeur_bids.enhance import METHODS, EnhanceSettings, enhance
+from diffdeur_bids.evaluation.metrics import score_volume
+from diffdeur_bids.evaluation.protocol import TRACKS, simulate_lowfield
+from diffdeur_bids.priors import DEFAULT_PRIOR, load_prior
 
 
 def _crop_to_head(hf: np.ndarray, affine: np.ndarray, margin: int = 4):
@@ -48,7 +49,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("hf_file")
     ap.add_argument("--track", choices=sorted(TRACKS), default="2mm")
-    ap.add_argument("--methods", nargs="+", default=["linear", "diffdeur"])
+    ap.add_argument("--methods", nargs="+", default=["linear", "diffdeur"], choices=sorted(METHODS))
+    ap.add_argument("--prior", default=DEFAULT_PRIOR, help="a shipped prior's name or a weights file")
     ap.add_argument("--quality", default="default")
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE")
     ap.add_argument("--threads", type=int, default=1)
@@ -71,7 +73,7 @@ def main():
     for method in args.methods:
         settings = EnhanceSettings.preset(args.quality, method=method, output_resolution=resolution, device="cpu", **overrides)
         t0 = time.time()
-        res = enhance(lf, lf_aff, settings)
+        res = enhance(lf, lf_aff, settings, prior=load_prior(args.prior) if METHODS[method].needs_prior else None)
         s = score_volume(res.image, res.affine, gt, gt_aff, lpips=args.lpips)
         lp = f" LPIPS {s['lpips']:.3f}" if args.lpips else ""
         print(f"{method:10s} PSNR {s['psnr']:.2f} SSIM {s['ssim']:.3f}{lp} {time.time() - t0:.1f} s  {overrides}", flush=True)

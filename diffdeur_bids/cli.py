@@ -29,6 +29,7 @@ import click
 from . import __version__
 from .errors import (EmptySelectionError, FeatureUnavailableError, InputMissingError, OutputError, Terminated,
                      UnknownLevelError, UsageError, ValidationFailedError)
+from .priors.registry import DEFAULT_PRIOR, SHIPPED, is_shipped
 from .resources import available_cpus, format_gb, parse_memory
 
 EXIT_OK, EXIT_FAILURE = 0, 1
@@ -97,6 +98,18 @@ def _default_work_dir() -> Path:
     return Path(tempfile.gettempdir()) / "diffdeur-work"
 
 
+def _prior(ctx, param, value: str) -> str:
+    """A shipped prior's name as it is; a file as its absolute path (checked for being a file here)."""
+    if is_shipped(value):
+        return value
+    path = Path(value)
+    if path.is_dir():
+        raise click.BadParameter(f"'{value}' is a directory; give a weights file or one of {', '.join(SHIPPED)}")
+    if not path.is_file():
+        raise click.BadParameter(f"'{value}' is not a shipped prior ({', '.join(SHIPPED)}) and the file does not exist")
+    return str(path.absolute())
+
+
 _POSITIVE_MM = click.FloatRange(min=0, min_open=True, max=20)
 
 
@@ -132,8 +145,9 @@ _POSITIVE_MM = click.FloatRange(min=0, min_open=True, max=20)
               help="Seed of every random draw; recorded in the sidecars.")
 @click.option("--device", default="auto", show_default=True, callback=_device, metavar="auto|cpu|cuda[:N]",
               help="Compute device. A GPU asked for but not visible is an error at start (never a silent CPU fallback).")
-@click.option("--prior", "prior_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
-              help="Diffusion prior weights (.safetensors from diffdeur-train-prior); default: the shipped prior.")
+@click.option("--prior", default=DEFAULT_PRIOR, show_default=True, callback=_prior, metavar="NAME|FILE",
+              help=f"Diffusion prior: a shipped one by name ({', '.join(SHIPPED)}) or a weights file "
+                   "(.safetensors from diffdeur-train-prior).")
 @click.option("--synthseg/--no-synthseg", default=False, show_default=True,
               help="Segment the enhanced images with SynthSeg (needs FreeSurfer >= 7.3 or the SynthSeg weights).")
 @click.option("--synthseg-model", type=click.Path(dir_okay=False, path_type=Path), envvar=SYNTHSEG_MODEL_ENV,
@@ -197,7 +211,7 @@ def cli(ctx, **opts) -> int:
         assume_lowfield=opts["assume_lowfield"], skip_bids_validation=opts["skip_bids_validation"],
         quality=opts["quality"], output_resolution=opts["output_resolution"], steps=opts["steps"],
         num_samples=opts["num_samples"], random_seed=opts["random_seed"], device=opts["device"],
-        prior_file=opts["prior_file"].absolute() if opts["prior_file"] else None,
+        prior=opts["prior"],
         synthseg=opts["synthseg"], synthseg_model=synthseg_model, synthseg_robust=opts["synthseg_robust"],
         synthseg_backend=opts["synthseg_backend"], synthseg_parc=opts["synthseg_parc"],
         fmriprep_compat=opts["fmriprep_compat"],

@@ -1,7 +1,9 @@
-"""One settings object for a run, saved beside the run's logs so the run can be explained later.
+"""What a run was asked to do, and what its start-up resolved, saved beside the run's logs.
 
-The command line fills a :class:`Config`; everything downstream (discovery, workflow, sidecars)
-reads from it. ``save`` writes ``diffdeur.toml`` to ``<out>/sub-XX/log/<run_uuid>/``.
+The command line fills a :class:`Config` (the options, frozen). The start-up checks and the
+plan add a :class:`Resolved` record (device, weights and their sha256, SynthSeg backend,
+memory plan). Everything downstream (workflow, sidecars, plan text) reads the two;
+:func:`save_run_record` writes both to ``<out>/sub-XX/log/<run_uuid>/diffdeur.toml``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__, atomic
+from .priors.registry import DEFAULT_PRIOR
 
 
 def new_run_uuid() -> str:
@@ -20,7 +23,7 @@ def new_run_uuid() -> str:
     return f"{datetime.now():%Y%m%d-%H%M%S}_{uuid.uuid4()}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     """Every option of a run, after parsing and defaults."""
 
@@ -43,7 +46,7 @@ class Config:
     num_samples: int = 1
     random_seed: int = 0
     device: str = "auto"
-    prior_file: Path | None = None     # None: the prior shipped with the package
+    prior: str = DEFAULT_PRIOR         # a shipped prior's name or a weights file
     synthseg: bool = False
     synthseg_model: Path | None = None  # --synthseg-model or $DIFFDEUR_SYNTHSEG_MODEL
     synthseg_robust: bool = False
@@ -58,16 +61,10 @@ class Config:
     stop_on_first_crash: bool = False
     dry_run: bool = False
     verbose: int = 0
-    # filled in by the app
+    # the run itself
     run_uuid: str = field(default_factory=new_run_uuid)
     version: str = __version__
     command_line: str = ""
-    weights_sha256: str | None = None
-    device_used: str | None = None     # what "auto" resolved to
-    synthseg_backend_used: str | None = None   # what "auto" resolved to: torch or freesurfer
-    synthseg_weights: Path | None = None       # the weights file the segmentation uses (torch; FreeSurfer's own)
-    synthseg_weights_sha256: str | None = None
-    synthseg_official_file: str | None = None  # the official file the weights are (size and sha256), if any
 
     def enhance_settings(self, threads: int | None = None):
         """The method's settings for this run (device and threads do not change the result)."""
@@ -80,32 +77,60 @@ class Config:
         )
 
     def to_dict(self) -> dict:
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = str(value) if isinstance(value, Path) else value
+        out = _as_dict(self)
         out["bids_filters"] = json.dumps(self.bids_filters)  # may hold nulls, which TOML lacks
         return out
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | Path, resolved: "Resolved | None" = None) -> Path:
+        """Write ``diffdeur.toml``: the options in ``[diffdeur]``, what was resolved in ``[resolved]``
+        and the memory plan, one entry per scan, in ``[plan]``."""
+        tables = {"diffdeur": self.to_dict()}
+        if resolved is not None:
+            tables["resolved"] = {k: v for k, v in _as_dict(resolved).items() if k != "memory_plan"}
+            tables["plan"] = dict(resolved.memory_plan)
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        return atomic.write_text(folder / "diffdeur.toml", to_toml({"diffdeur": self.to_dict()}))
+        return atomic.write_text(folder / "diffdeur.toml", to_toml(tables))
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What the start-up checks and the plan decided, from the options and this machine."""
+
+    device: str                                 # what --device (e.g. "auto") resolved to
+    prior: str = DEFAULT_PRIOR                  # the prior loaded: a shipped name or a file
+    weights_sha256: str | None = None           # of the prior
+    synthseg_backend: str | None = None         # torch or freesurfer; None without --synthseg
+    synthseg_weights: Path | None = None        # the weights the segmentation uses (torch; FreeSurfer's own)
+    synthseg_weights_sha256: str | None = None
+    synthseg_official_file: str | None = None   # the official file the weights are (size and sha256), if any
+    memory_limit_gb: float | None = None        # --mem, else this machine's (or its cgroup's) memory
+    memory_plan: dict = field(default_factory=dict)  # scan relpath -> {"output_shape": [...], "mem_gb": ...}
+
+    def output_shape(self, relpath) -> tuple[int, ...] | None:
+        entry = self.memory_plan.get(str(relpath))
+        return tuple(entry["output_shape"]) if entry else None
+
+
+def _as_dict(record) -> dict:
+    return {f.name: str(v) if isinstance(v := getattr(record, f.name), Path) else v for f in fields(record)}
 
 
 def to_toml(data: dict) -> str:
-    """A small TOML writer for flat tables of scalars and lists (no dependency needed to write)."""
+    """A small TOML writer for tables of scalars, lists and inline tables (no dependency needed to write)."""
     lines = []
     for table, values in data.items():
         lines.append(f"[{table}]")
         for key, value in values.items():
             if value is not None:
-                lines.append(f"{key} = {_toml_value(value)}")
+                lines.append(f"{json.dumps(key) if '/' in key or '.' in key else key} = {_toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
 
 
 def _toml_value(value) -> str:
+    if isinstance(value, dict):  # an inline table; keys quoted (they may be paths)
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items() if v is not None) + " }"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -119,4 +144,4 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["Config", "new_run_uuid", "to_toml", "utc_now"]
+__all__ = ["Config", "Resolved", "new_run_uuid", "to_toml", "utc_now"]

@@ -51,7 +51,7 @@ def build_demo_dataset(root: Path, seed: int = 0) -> Path:
     except ImportError as e:
         raise click.ClickException("the demo needs nilearn: pip install 'diffdeur[demo]' (or '.[demo]' in a clone)") from e
 
-    from .enhance.forward import simulate_lowfield
+    from .evaluation.protocol import simulate_lowfield
 
     template = nib.as_closest_canonical(load_mni152_template(resolution=2))
     hf = template.get_fdata(dtype=np.float32)

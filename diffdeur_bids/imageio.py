@@ -50,6 +50,11 @@ def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Hea
     return data, img.affine.copy(), img.header
 
 
+def space_code(header: nib.Nifti1Header) -> int:
+    """The NIfTI space code to write outputs with: the input's sform code, else its qform code, else scanner (1)."""
+    return int(header["sform_code"]) or int(header["qform_code"]) or 1
+
+
 def save_volume(path: str | Path, data: np.ndarray, affine: np.ndarray, qform_code: int = 1) -> Path:
     """Save float32 with both qform and sform set (scanner space unless told otherwise), units mm."""
     img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)

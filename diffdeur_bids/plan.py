@@ -1,10 +1,72 @@
-"""The text users read: the plan before any work, and the summary at the end."""
+"""The plan, made before anything is read or enhanced: each scan's output grid and memory, and its text.
+
+A scan whose grid cannot be computed, whose output grid is larger than the method handles, or
+that needs more memory than ``--mem`` (or this machine, or its cgroup) allows is refused: it
+moves to the discovery's skipped list with the reason, and the other scans go on.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
 
+from .bids import discovery as disc
 from .bids import naming
+from .config import Config, Resolved
+from .imageio import ras_grid
+from .resources import estimate_enhance_mem_gb, format_gb, memory_limit_gb
+
+
+def output_shape(scan, resolution: float) -> tuple[int, ...]:
+    """Output grid shape of a scan, computed from its header on its RAS+ grid exactly as the method will."""
+    from .enhance import output_grid
+
+    shape, affine = ras_grid(scan.shape[:3], scan.affine)
+    return tuple(output_grid(shape, affine, resolution).shape)
+
+
+def scan_plan(scan, config: Config) -> dict:
+    """One scan's entry in the memory plan: its output grid and the memory its enhancement needs."""
+    shape = output_shape(scan, config.output_resolution)
+    return {"output_shape": list(shape), "mem_gb": estimate_enhance_mem_gb(shape, config.num_samples, scan.shape[:3])}
+
+
+def memory_limit(config: Config) -> tuple[float | None, str]:
+    """The memory the plan must fit in, and how to say where that limit comes from."""
+    if config.mem_gb:
+        return config.mem_gb, f"--mem {format_gb(config.mem_gb)} allows"
+    limit = memory_limit_gb()
+    return limit, (f"this machine has ({format_gb(limit)})" if limit else "")
+
+
+def plan_scans(found, config: Config) -> dict:
+    """The memory plan of the scans that fit (relpath -> :func:`scan_plan`); the others move to ``found.skipped``."""
+    from .enhance import MAX_OUTPUT_VOXELS
+
+    limit, allowed = memory_limit(config)
+    plan, keep = {}, []
+    for scan in found.scans:
+        try:
+            entry = scan_plan(scan, config)
+        except Exception as e:  # a singular or non-finite affine
+            found.skipped.append(disc.Skipped(scan.relpath, f"its output grid cannot be computed from the header "
+                                                            f"affine ({e}); fix the header", error=True))
+            continue
+        shape, need = entry["output_shape"], entry["mem_gb"]
+        size = (f"input {'x'.join(map(str, scan.shape[:3]))}, output grid {'x'.join(map(str, shape))} "
+                f"at {config.output_resolution:g} mm")
+        too_much_memory = limit is not None and need > limit
+        if too_much_memory or math.prod(shape) > MAX_OUTPUT_VOXELS:
+            why = f"more than {allowed}" if too_much_memory else \
+                f"more than the {MAX_OUTPUT_VOXELS / 1e6:.0f} M output voxels diffdeur handles"
+            found.skipped.append(disc.Skipped(
+                scan.relpath, f"too large: it needs about {format_gb(need)} of memory ({size}), {why}; use a coarser "
+                              "--output-resolution, crop the image, or run it where more memory is available",
+                error=True))
+            continue
+        plan[str(scan.relpath)] = entry
+        keep.append(scan)
+    found.scans = keep
+    return plan
 
 
 def _mm(zooms) -> str:
@@ -19,20 +81,20 @@ def _tesla(t) -> str:
     return "? T" if t is None else f"{t:g} T"
 
 
-def format_plan(discovery, output_shapes: dict, config) -> str:
+def format_plan(discovery, config: Config, resolved: Resolved) -> str:
     """Each scan with field strength, voxel size and shape, and what will happen to it."""
     refused = [s for s in discovery.skipped if s.error]
     skipped = [s for s in discovery.skipped if not s.error]
     n, k = len(discovery.scans), len(skipped)
     cannot = f", {len(refused)} cannot be enhanced" if refused else ""
     lines = [f"Plan: {n} scan(s) to enhance, {k} skipped{cannot} "
-             f"(quality {config.quality}, output {config.output_resolution:g} mm, device {config.device_used or config.device})"]
+             f"(quality {config.quality}, output {config.output_resolution:g} mm, device {resolved.device})"]
     segmented = {}
-    if getattr(config, "synthseg", False):
-        lines.append(_synthseg_line(config))
+    if config.synthseg:
+        lines.append(_synthseg_line(config, resolved))
         segmented = {src: dseg for dseg, src in naming.synthseg_sources(s.relpath for s in discovery.scans).items()}
     for scan in discovery.scans:
-        out_shape = output_shapes.get(str(scan.relpath))
+        out_shape = resolved.output_shape(scan.relpath)
         seg = f"\n      + segment: {segmented[str(scan.relpath)]}" if str(scan.relpath) in segmented else ""
         lines.append(f"  {scan.relpath}  {_tesla(scan.field_strength)}  {_mm(scan.zooms)}  {_shape(scan.shape)}"
                      f"  -> enhance to {_shape(out_shape) if out_shape else '?'}: "
@@ -46,37 +108,13 @@ def format_plan(discovery, output_shapes: dict, config) -> str:
     return "\n".join(lines)
 
 
-def _synthseg_line(config) -> str:
+def _synthseg_line(config: Config, resolved: Resolved) -> str:
     kind = "SynthSeg-robust 2.0" if config.synthseg_robust else "SynthSeg 2.0"
-    if config.synthseg_backend_used == "freesurfer":
+    if resolved.synthseg_backend == "freesurfer":
         how = "FreeSurfer mri_synthseg" + (" --parc" if config.synthseg_parc else "")
     else:
-        weights = config.synthseg_weights.name if config.synthseg_weights else "?"
+        weights = resolved.synthseg_weights.name if resolved.synthseg_weights else "?"
         how = f"PyTorch port, weights {weights}"
     return (f"Then segment with {kind} ({how}) the enhanced images marked '+ segment' (one per set of entities: "
             f"T1w, else T2w, else FLAIR) -> *_desc-{naming.DESC_SYNTHSEG}_dseg.nii.gz and "
             f"*_desc-{naming.DESC_SYNTHSEG}_{naming.VOLUMES_SUFFIX}.tsv")
-
-
-@dataclass
-class Outcome:
-    done: list = field(default_factory=list)
-    failed: list = field(default_factory=list)
-    skipped: list = field(default_factory=list)
-    crash_files: list = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-
-def format_summary(outcome: Outcome, elapsed_s: float, output_dir) -> str:
-    lines = [f"Summary: {len(outcome.done)} done, {len(outcome.skipped)} skipped, "
-             f"{len(outcome.failed)} failed in {elapsed_s:.0f} s; outputs in {output_dir}"]
-    lines += [f"  done     {r}" for r in outcome.done]
-    lines += [f"  skipped  {r}" for r in outcome.skipped]
-    lines += [f"  FAILED   {r}" for r in outcome.failed]
-    if outcome.crash_files:
-        lines.append("Crash reports (text):")
-        lines += [f"  {c}" for c in outcome.crash_files]
-    return "\n".join(lines)

@@ -69,8 +69,8 @@ def memory_limit_gb() -> float | None:
 
 # Bytes per output voxel held at the peak of one enhancement: the float32 estimate, the INR's
 # coordinate/feature chunks, batched slices through the prior network and their activations.
-# Measured: peak RSS 1.0 GB (0.23 GB after imports) for a 99x117x93 output, quality fast, CPU,
-# i.e. ~760 B/voxel; rounded up. Nipype only uses it to decide how many scans run at once under --mem.
+# From a measured peak, rounded up (benchmarks/README.md, "Memory model"). Nipype only uses it to
+# decide how many scans run at once under --mem.
 _BYTES_PER_OUTPUT_VOXEL = 800
 _BASE_GB = 0.5  # torch, the prior and the Python process itself
 # The input itself: the stored data, its float32 copy, the normalised copy and the reoriented copy.
@@ -85,10 +85,9 @@ def estimate_enhance_mem_gb(output_shape, num_samples: int = 1, input_shape=None
     return round(_BASE_GB + per_sample + extra_maps + inputs, 2)
 
 
-# Peak RSS of one SynthSeg segmentation of a 1 mm head (python -m diffdeur_bids.segment.bench, 2 CPU
-# threads, 192x224x192 head crop): tiny test weights 2.1 GiB, official-width 2.0 3.6 GiB, robust 3.9 GiB.
-# Rounded up; the input grid adds its float copies and label maps. mri_synthseg (TensorFlow) is not
-# measured here: counted as the official port plus 2 GB.
+# Peak memory of one SynthSeg segmentation of a 1 mm head, by kind of weights, rounded up from
+# benchmarks/synthseg_speed.py (benchmarks/README.md, "Memory model"); the input grid adds its float
+# copies and label maps. mri_synthseg (TensorFlow) is counted as the official port plus 2 GB.
 _SYNTHSEG_BASE_GB = {"tiny": 2.2, "official": 3.8, "robust": 4.1}
 _SYNTHSEG_BYTES_PER_INPUT_VOXEL = 24
 _OFFICIAL_SIZED_BYTES = 20 * 1024**2  # the official files are 53 MB (2.0) and 215 MB (robust)

@@ -2,7 +2,7 @@
 
 Writes ``OUT_PREFIX.nii.gz`` (the LF scan) with its ``OUT_PREFIX.json`` sidecar, and with
 ``--ground-truth`` also the normalised, cropped HF volume the benchmark scores against. The
-simulation itself is ``enhance.forward.simulate_lowfield``; this module only reads and writes.
+simulation itself is ``evaluation.protocol.simulate_lowfield``; this module only reads and writes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from .enhance.forward import TRACKS
+from .evaluation.protocol import TRACKS
 
 
 def _triple(text: str, kind=float):
@@ -42,7 +42,7 @@ def main(hf_file, out_prefix, track, factors, psf_sigma, noise_sigma, field_stre
     import numpy as np
 
     from .enhance.errors import InvalidInputError
-    from .enhance.forward import simulate_lowfield
+    from .evaluation.protocol import simulate_lowfield
 
     params = dict(TRACKS[track or "1mm"])
     if factors:

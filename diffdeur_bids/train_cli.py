@@ -60,7 +60,7 @@ def main(inputs, out_dir, validation, steps, batch_size, patch, lr, max_minutes,
 
     from .enhance.devices import resolve_device
     from .enhance.errors import DeviceError
-    from .enhance.train import TrainConfig, train_prior
+    from .priors.train import TrainConfig, train_prior
 
     try:
         dev = resolve_device(device)

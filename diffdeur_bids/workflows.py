@@ -21,9 +21,9 @@ from nipype.pipeline import engine as pe  # noqa: E402
 
 from . import __version__  # noqa: E402
 from .bids import naming  # noqa: E402
-from .config import Config, utc_now  # noqa: E402
+from .config import Config, Resolved, utc_now  # noqa: E402
 from .interfaces import DerivativesSink, EnhanceImage, Reorient, SegmentationSink, SynthSeg  # noqa: E402
-from .resources import estimate_enhance_mem_gb, estimate_synthseg_mem_gb  # noqa: E402
+from .resources import estimate_synthseg_mem_gb  # noqa: E402
 
 
 def workflow_name() -> str:
@@ -31,14 +31,14 @@ def workflow_name() -> str:
     return f"diffdeur_{major}_{minor}_wf"
 
 
-def init_diffdeur_wf(config: Config, scans, output_shapes: dict) -> pe.Workflow:
-    """The whole run; ``output_shapes`` maps a scan's relpath to its output grid shape (for memory)."""
+def init_diffdeur_wf(config: Config, resolved: Resolved, scans) -> pe.Workflow:
+    """The whole run; ``resolved`` gives the device, the weights and each scan's memory plan."""
     wf = pe.Workflow(name=workflow_name(), base_dir=str(config.work_dir))
     by_subject = defaultdict(list)
     for scan in scans:
         by_subject[scan.subject].append(scan)
     for subject, subject_scans in sorted(by_subject.items()):
-        wf.add_nodes([init_subject_wf(config, subject, subject_scans, output_shapes)])
+        wf.add_nodes([init_subject_wf(config, resolved, subject, subject_scans)])
     return wf
 
 
@@ -49,12 +49,11 @@ def synthseg_targets(config: Config, scans) -> set[str]:
     return set(naming.synthseg_sources(scan.relpath for scan in scans).values())
 
 
-def init_subject_wf(config: Config, subject: str, scans, output_shapes: dict) -> pe.Workflow:
+def init_subject_wf(config: Config, resolved: Resolved, subject: str, scans) -> pe.Workflow:
     wf = pe.Workflow(name=f"sub_{subject}_wf")
     targets = synthseg_targets(config, scans)
     for scan in scans:
-        wf.add_nodes([init_scan_wf(config, scan, output_shapes.get(str(scan.relpath)),
-                                   synthseg=str(scan.relpath) in targets)])
+        wf.add_nodes([init_scan_wf(config, resolved, scan, synthseg=str(scan.relpath) in targets)])
     crash_dir = str(naming.subject_log_dir(config.output_dir, subject, config.run_uuid))
     for node in wf._get_all_nodes():
         node.config = node.config or {}
@@ -75,21 +74,23 @@ def app_provenance(config: Config) -> dict:
             "Date": utc_now()}
 
 
-def init_scan_wf(config: Config, scan, output_shape=None, synthseg: bool | None = None) -> pe.Workflow:
+def init_scan_wf(config: Config, resolved: Resolved, scan, synthseg: bool | None = None) -> pe.Workflow:
     """One scan's branch; ``synthseg`` (default: ``config.synthseg``) adds the segmentation nodes."""
     wf = pe.Workflow(name=f"{naming.node_name(scan.relpath)}_wf")
     # Nodes run in the main process take no worker slot (n_procs=0): a scan's derivatives are written as
     # soon as it is enhanced, not after the scans queued behind it, so an interrupted run keeps them.
     reorient = pe.Node(Reorient(in_file=str(scan.path)), name="reorient", run_without_submitting=True, n_procs=0)
-    device = config.device_used or config.device
+    device = resolved.device
     uses_gpu = device.startswith("cuda")
+    planned = resolved.memory_plan[str(scan.relpath)]  # the plan's output grid and memory for this scan
+    output_shape = tuple(planned["output_shape"])
     enhance = pe.Node(
-        EnhanceImage(settings=_settings_for_hash(config), prior_file=str(config.prior_file or ""),
-                     weights_sha256=config.weights_sha256 or "", device=device,
+        EnhanceImage(settings=_settings_for_hash(config), prior=resolved.prior,
+                     weights_sha256=resolved.weights_sha256 or "", device=device,
                      threads=config.omp_nthreads, use_gpu=uses_gpu, label=scan.relpath.name),
         name="enhance",
         n_procs=config.omp_nthreads,
-        mem_gb=estimate_enhance_mem_gb(output_shape or scan.shape[:3], config.num_samples, scan.shape[:3]),
+        mem_gb=planned["mem_gb"],
     )
     sink = pe.Node(
         DerivativesSink(output_dir=str(config.output_dir), source_relpath=str(scan.relpath),
@@ -104,7 +105,7 @@ def init_scan_wf(config: Config, scan, output_shape=None, synthseg: bool | None 
         (enhance, sink, [("out_file", "in_file"), ("std_file", "std_file"), ("info_file", "info_file")]),
     ])
     if config.synthseg if synthseg is None else synthseg:
-        seg, ds_seg = _synthseg_nodes(config, scan, output_shape, uses_gpu, device)
+        seg, ds_seg = _synthseg_nodes(config, resolved, scan, output_shape)
         wf.connect([
             (enhance, seg, [("out_file", "in_file")]),
             (seg, ds_seg, [("out_file", "in_file"), ("volumes_file", "volumes_file"), ("info_file", "info_file")]),
@@ -112,18 +113,20 @@ def init_scan_wf(config: Config, scan, output_shape=None, synthseg: bool | None 
     return wf
 
 
-def _synthseg_nodes(config: Config, scan, output_shape, uses_gpu: bool, device: str):
+def _synthseg_nodes(config: Config, resolved: Resolved, scan, output_shape):
     """SynthSeg on the enhanced image, then its sink; backend and weights were checked at start-up."""
-    backend = config.synthseg_backend_used or "torch"
-    weights = config.synthseg_weights
+    backend = resolved.synthseg_backend or "torch"
+    weights = resolved.synthseg_weights
+    device = resolved.device
+    uses_gpu = device.startswith("cuda")
     weights_bytes = Path(weights).stat().st_size if weights and Path(weights).is_file() else None
     seg = pe.Node(
-        SynthSeg(backend=backend, model_file=str(weights or ""), model_sha256=config.synthseg_weights_sha256 or "",
-                 official_file=config.synthseg_official_file or "", robust=config.synthseg_robust,
+        SynthSeg(backend=backend, model_file=str(weights or ""), model_sha256=resolved.synthseg_weights_sha256 or "",
+                 official_file=resolved.synthseg_official_file or "", robust=config.synthseg_robust,
                  parc=config.synthseg_parc, device=device, threads=config.omp_nthreads, use_gpu=uses_gpu),
         name="synthseg",
         n_procs=config.omp_nthreads,
-        mem_gb=estimate_synthseg_mem_gb(output_shape or scan.shape[:3], config.synthseg_robust, weights_bytes, backend),
+        mem_gb=estimate_synthseg_mem_gb(output_shape, config.synthseg_robust, weights_bytes, backend),
     )
     ds_seg = pe.Node(
         SegmentationSink(output_dir=str(config.output_dir), source_relpath=str(scan.relpath),

@@ -149,15 +149,15 @@ def test_scan_needing_more_memory_than_allowed_is_refused(capsys, raw_bids, tmp_
 
 
 def test_shipped_prior_not_matching_its_checksum_fails_before_any_work(capsys, raw_bids, tmp_path, monkeypatch):
-    from diffdeur_bids.enhance import solver
+    from diffdeur_bids.priors import registry
 
-    monkeypatch.setattr(solver, "shipped_prior_sha256", lambda: "0" * 64)  # as if the file had been altered
-    solver._cached_default_prior.cache_clear()
+    monkeypatch.setattr(registry.ShippedPrior, "expected_sha256", lambda self: "0" * 64)  # as if the file had been altered
+    registry._load_shipped.cache_clear()
     try:
         code, text = _run(capsys, raw_bids, tmp_path / "out", "participant", "-w", tmp_path / "w", "--device", "cpu",
                           "--skip-bids-validation")
     finally:
-        solver._cached_default_prior.cache_clear()
+        registry._load_shipped.cache_clear()
     assert code == 1 and f"expected {'0' * 64}: the file is corrupt or not the shipped one" in text, text
     assert not (tmp_path / "out").exists() and not (tmp_path / "w").exists()
 
@@ -166,11 +166,11 @@ def _shipped_prior_without_a_tensor(path):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from diffdeur_bids.enhance import default_prior_path
+    from diffdeur_bids.priors import shipped_path
 
-    with safe_open(str(default_prior_path()), "pt") as fh:
+    with safe_open(str(shipped_path()), "pt") as fh:
         metadata = fh.metadata()
-    state = load_file(str(default_prior_path()))
+    state = load_file(str(shipped_path()))
     state.pop(sorted(state)[0])
     save_file(state, str(path), metadata=metadata)
 
@@ -182,11 +182,11 @@ def _shipped_prior_without_a_tensor(path):
     ("missing", "does not exist"),
 ])
 def test_bad_prior_weights_fail_before_any_work(capsys, raw_bids, tmp_path, kind, needle):
-    from diffdeur_bids.enhance import default_prior_path
+    from diffdeur_bids.priors import shipped_path
 
     weights = tmp_path / "prior.safetensors"
     if kind == "truncated":
-        weights.write_bytes(default_prior_path().read_bytes()[:100_000])
+        weights.write_bytes(shipped_path().read_bytes()[:100_000])
     elif kind == "pickle":  # a torch.save file whose loading would run code: it must be refused, not loaded
         import torch
 
@@ -302,3 +302,13 @@ def test_synthseg_options_without_synthseg_only_warn(capsys, raw_bids, tmp_path,
     code, text = _run(capsys, raw_bids, tmp_path / "out", "participant", "--synthseg-robust", "--device", "cpu",
                       "--dry-run", "--skip-bids-validation", "-w", tmp_path / "w", *prior_args())
     assert code == 0 and "--synthseg-robust has no effect without --synthseg" in text
+
+
+def test_prior_by_shipped_name_and_refused_names(capsys, raw_bids, tmp_path):
+    code, text = _run(capsys, raw_bids, tmp_path / "out", "participant", "-w", tmp_path / "w", "--dry-run",
+                      "--device", "cpu", "--skip-bids-validation", "--prior", "2d-v2")
+    assert code == 0 and "Prior: 2d-v2 (shipped) (sha256 " in text, text
+    code, text = _run(capsys, raw_bids, tmp_path / "out", "participant", "--prior", "3d-v9")
+    assert code == 64 and "'3d-v9' is not a shipped prior (2d-v2) and the file does not exist" in text, text
+    code, text = _run(capsys, raw_bids, tmp_path / "out", "participant", "--prior", tmp_path)
+    assert code == 64 and "is a directory" in text, text

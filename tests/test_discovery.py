@@ -5,7 +5,7 @@ import json
 import pytest
 from conftest import HF_SCAN, LF_SCANS, NO_FIELD_SCAN
 
-from diffdeur_bids.bids.discovery import discover, load_bids_filters, parse_field_strength
+from diffdeur_bids.bids.discovery import discover, load_bids_filters, read_field_strength
 from diffdeur_bids.errors import EmptySelectionError, InputMissingError, UsageError
 
 
@@ -82,7 +82,7 @@ def test_not_bids(tmp_path):
     (None, None), ("low", None), (True, None), (0, None), (-1, None), ("64 kT", None), ([0.064], None),
 ])
 def test_field_strength_values(value, tesla):
-    assert parse_field_strength(value) == tesla
+    assert read_field_strength(value)[0] == tesla
 
 
 def test_field_strength_in_other_units_is_read_and_written_in_tesla(fresh_bids, caplog):

@@ -131,9 +131,13 @@ def test_sidecars_and_provenance_complete(first_run):
         assert prov["NoiseSigma"] > 0
     log_dirs = list((out / "sub-01" / "log").iterdir())
     assert len(log_dirs) == 1
-    settings = tomllib.loads((log_dirs[0] / "diffdeur.toml").read_text())["diffdeur"]
+    record = tomllib.loads((log_dirs[0] / "diffdeur.toml").read_text())
+    settings, resolved = record["diffdeur"], record["resolved"]
     assert settings["run_uuid"] == log_dirs[0].name == prov["RunUUID"]
-    assert settings["quality"] == "fast" and settings["weights_sha256"] == prov["WeightsSHA256"]
+    assert settings["quality"] == "fast" and resolved["weights_sha256"] == prov["WeightsSHA256"]
+    assert resolved["device"] == prov["Device"] == "cpu" and resolved["prior"] == prov["Prior"]
+    planned = record["plan"]["sub-01/ses-01/anat/sub-01_ses-01_T1w.nii.gz"]
+    assert planned["output_shape"] == [20, 24, 16] and planned["mem_gb"] > 0
 
 
 def test_rerun_reuses_the_work_dir(first_run):

@@ -14,16 +14,17 @@ from diffdeur_bids.enhance import (
     Prior,
     PriorConfig,
     enhance,
-    load_default_prior,
-    load_prior,
     output_grid,
-    save_prior,
 )
-from diffdeur_bids.enhance.forward import Degradation, estimate_noise_sigma, simulate_lowfield
+from diffdeur_bids.enhance.forward import Degradation, estimate_noise_sigma
 from diffdeur_bids.enhance.grids import fidelity_grid, subdivided_grid
 from diffdeur_bids.enhance.inr import FidelityProblem, fit_inr, make_inr, make_optimizer, render
 from diffdeur_bids.enhance.start import damped_projection
-from diffdeur_bids.metrics import score_volume
+from diffdeur_bids.evaluation.metrics import score_volume
+from diffdeur_bids.evaluation.protocol import simulate_lowfield
+from diffdeur_bids.priors import load_prior
+from diffdeur_bids.priors.checkpoint import read_prior, save_prior
+from diffdeur_bids.priors.registry import SHIPPED
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +132,7 @@ def test_inr_fit_lowers_residual_and_renders_other_grid(simulated):
 @pytest.mark.parametrize("quality", ["fast"])
 def test_diffdeur_beats_linear_interpolation(simulated, quality):
     lf, lf_aff, gt, gt_aff = simulated
-    prior = load_default_prior("cpu")
+    prior = load_prior(device="cpu")
     common = dict(output_resolution=2.0, device="cpu", seed=0)
     lin = enhance(lf * 700, lf_aff, EnhanceSettings.preset(quality, method="linear", **common))
     res = enhance(lf * 700, lf_aff, EnhanceSettings.preset(quality, **common), prior=prior)
@@ -149,11 +150,11 @@ def test_diffdeur_beats_linear_interpolation(simulated, quality):
 def test_seeded_runs_are_deterministic_and_samples_give_uncertainty(simulated):
     lf, lf_aff, _, _ = simulated
     s = EnhanceSettings.preset("fast", steps=2, output_resolution=2.0, device="cpu", seed=7)
-    a = enhance(lf, lf_aff, s)
-    b = enhance(lf, lf_aff, s)
+    a = enhance(lf, lf_aff, s, prior=load_prior())
+    b = enhance(lf, lf_aff, s, prior=load_prior())
     np.testing.assert_array_equal(a.image, b.image)
     assert a.std is None
-    c = enhance(lf, lf_aff, s.replace(num_samples=2))
+    c = enhance(lf, lf_aff, s.replace(num_samples=2), prior=load_prior())
     assert c.std is not None and c.std.shape == c.image.shape
     assert float(c.std.max()) > 0 and np.all(c.std >= 0)
 
@@ -163,7 +164,7 @@ def test_baselines_share_the_signature(simulated, method):
     lf, lf_aff, gt, gt_aff = simulated
     s = EnhanceSettings.preset("fast", method=method, steps=2, dps_steps=3, inr_init_iters=5,
                                output_resolution=2.0, device="cpu")
-    res = enhance(lf, lf_aff, s)
+    res = enhance(lf, lf_aff, s, prior=load_prior())
     assert res.image.shape == gt.shape
     np.testing.assert_allclose(res.affine, gt_aff, atol=1e-6)
     assert np.isfinite(res.image).all()
@@ -191,18 +192,18 @@ def test_checkpoint_round_trip_and_bad_files(tmp_path):
     prior = Prior(PriorConfig(base_channels=8, channel_mults=(1, 2)))
     path = tmp_path / "p.safetensors"
     sha = save_prior(prior, path, {"note": "test"})
-    loaded = load_prior(path)
+    loaded = read_prior(path)
     assert loaded.sha256 == sha and loaded.metadata["note"] == "test"
     x = torch.rand(2, 1, 16, 16)
     torch.testing.assert_close(loaded(x, torch.tensor([0.1])), prior(x, torch.tensor([0.1])))
     with pytest.raises(CheckpointError, match="sha256"):
-        load_prior(path, expected_sha256="0" * 64)
+        read_prior(path, expected_sha256="0" * 64)
     truncated = tmp_path / "t.safetensors"
     truncated.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="cannot read"):
-        load_prior(truncated)
+        read_prior(truncated)
     with pytest.raises(CheckpointError, match="not found"):
-        load_prior(tmp_path / "missing.safetensors")
+        read_prior(tmp_path / "missing.safetensors")
     # a file whose tensors do not fit the architecture it declares
     from safetensors.torch import load_file, save_file
     from safetensors import safe_open
@@ -214,14 +215,14 @@ def test_checkpoint_round_trip_and_bad_files(tmp_path):
     bad = tmp_path / "bad.safetensors"
     save_file(state, str(bad), metadata=meta)
     with pytest.raises(CheckpointError, match="architecture"):
-        load_prior(bad)
+        read_prior(bad)
     save_file(load_file(str(path)), str(bad), metadata={**meta, "format_version": "99"})
     with pytest.raises(CheckpointError, match="version"):
-        load_prior(bad)
+        read_prior(bad)
 
 
 def test_shipped_prior_loads_and_matches_its_card():
-    prior = load_default_prior("cpu")
+    prior = load_prior("2d-v2", device="cpu")
     assert prior.num_parameters > 500_000
     assert prior.sha256 is not None
 
@@ -253,11 +254,11 @@ def test_a_few_nan_voxels_are_zeroed_and_reported(simulated):
 
 
 def test_shipped_prior_denoises_a_noisy_mni_slice(mni_small):
-    from diffdeur_bids.enhance.forward import normalise_ground_truth
-    from diffdeur_bids.enhance.prior import denoise_slices, shipped_prior_sha256
+    from diffdeur_bids.evaluation.protocol import normalise_ground_truth
+    from diffdeur_bids.enhance.prior import denoise_slices
 
-    prior = load_default_prior("cpu")
-    assert prior.sha256 == shipped_prior_sha256()
+    prior = load_prior(device="cpu")
+    assert prior.sha256 == SHIPPED["2d-v2"].expected_sha256()
     clean = torch.from_numpy(normalise_ground_truth(mni_small[0])[:, :, 24])[None]
     gen = torch.Generator().manual_seed(0)
     for sigma in (0.03, 0.1):
@@ -283,13 +284,13 @@ def test_damped_projection_reaches_the_data_and_damping_pulls_towards_the_start(
 def test_data_consistent_start_beats_cubic_interpolation(simulated):
     lf, lf_aff, gt, gt_aff = simulated
     common = dict(output_resolution=2.0, device="cpu")
-    start = enhance(lf, lf_aff, EnhanceSettings.preset("fast", method="start", **common))
+    start = enhance(lf, lf_aff, EnhanceSettings.preset("fast", method="start", **common), prior=load_prior())
     cubic = enhance(lf, lf_aff, EnhanceSettings.preset("fast", method="cubic", **common))
     s_start = score_volume(start.image, start.affine, gt, gt_aff, lpips=False)
     s_cubic = score_volume(cubic.image, cubic.affine, gt, gt_aff, lpips=False)
     assert s_start["psnr"] > s_cubic["psnr"] + 0.3
     assert s_start["ssim"] > s_cubic["ssim"] + 0.03
-    assert start.info["weights_sha256"] == load_default_prior("cpu").sha256
+    assert start.info["weights_sha256"] == load_prior(device="cpu").sha256
 
 
 @pytest.mark.parametrize("field, value", [("zeta", 1.5), ("average_fraction", -0.1), ("average_fraction", 2.0),
@@ -297,3 +298,34 @@ def test_data_consistent_start_beats_cubic_interpolation(simulated):
 def test_settings_refuse_out_of_range_values(field, value):
     with pytest.raises(ValueError, match=field.split("_")[0] if field != "steps" else "at least 1"):
         EnhanceSettings.preset("default", **{field: value}).validate()
+
+
+def test_every_method_in_the_table_runs_and_ticks_as_it_declares(simulated):
+    """One table drives the methods: each entry runs through ``enhance`` and makes the ticks it declares."""
+    from diffdeur_bids.enhance import METHODS
+
+    lf, lf_aff, gt, _ = simulated
+    small = lf[:12, :12, :6]
+    for method in METHODS.values():
+        if method.name == "cubic_bm3d":
+            pytest.importorskip("bm3d")
+        settings = EnhanceSettings.preset("fast", method=method.name, steps=2, dps_steps=2, inr_init_iters=2,
+                                          output_resolution=2.0, device="cpu", num_samples=2)
+        ticks = []
+        res = enhance(small, lf_aff, settings, prior=load_prior(), progress=lambda done, total, *_: ticks.append(total))
+        assert res.image.shape == (12, 12, 18) and np.isfinite(res.image).all(), method.name
+        assert len(ticks) == ticks[0] == 2 * method.ticks(settings), method.name
+
+
+def test_a_method_that_needs_a_prior_says_how_to_get_one(simulated):
+    lf, lf_aff, _, _ = simulated
+    with pytest.raises(ValueError, match=r"needs a prior: pass prior=diffdeur_bids.priors.load_prior\(\)"):
+        enhance(lf, lf_aff, EnhanceSettings.preset("fast", output_resolution=2.0, device="cpu"))
+    assert enhance(lf, lf_aff, EnhanceSettings(method="linear", output_resolution=2.0, device="cpu")).info["prior"] is None
+
+
+def test_unknown_method_is_refused_with_the_table_of_names():
+    from diffdeur_bids.enhance import METHODS, check_settings
+
+    with pytest.raises(ValueError, match="unknown method 'nope'; choose one of " + ", ".join(METHODS)):
+        check_settings(EnhanceSettings(method="nope"))

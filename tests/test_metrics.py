@@ -1,4 +1,4 @@
-"""Tests of the sim-lf-v1 quality metrics (diffdeur_bids.metrics).
+"""Tests of the sim-lf-v1 quality metrics (diffdeur_bids.evaluation.metrics).
 
 Why: every reported figure goes through score_volume, so it is checked against the published
 LPIPS examples and the protocol's reference figures, besides analytic PSNR/SSIM cases.
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffdeur_bids import metrics
+from diffdeur_bids.evaluation import metrics
 
 LPIPS_DATA = Path(__file__).parent / "data" / "lpips"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -164,7 +164,7 @@ def _simulate_track(path: Path, track: str):
     """Protocol steps 1-8 through the package: load, reorient to RAS, simulate the LF scan."""
     import nibabel as nib
 
-    from diffdeur_bids.enhance.forward import TRACKS, simulate_lowfield
+    from diffdeur_bids.evaluation.protocol import TRACKS, simulate_lowfield
 
     img = nib.as_closest_canonical(nib.load(str(path)))
     return simulate_lowfield(np.asarray(img.dataobj, dtype=np.float32), img.affine, seed=0, **TRACKS[track])

@@ -82,7 +82,7 @@ def test_robust_matches_keras_stage_by_stage(image):
         np.testing.assert_allclose(_grid(s2, g), gold["stage2_posteriors"], atol=ATOL, rtol=0)
         _check_argmax(s2[0].argmax(0).numpy(), gold["stage2_argmax"], gold["stage2_near_tie_index"])
 
-        s3 = net.stage3(image, _one_hot(gold["stage2_argmax"], 5))
+        s3 = net.nets[2](net.stage3_input(image, _one_hot(gold["stage2_argmax"], 5)))
         np.testing.assert_allclose(_grid(s3, g), gold["posteriors"], atol=ATOL, rtol=0)
         labels = lab.label_values()[s3[0].argmax(0).numpy()]
         _check_argmax(labels, np.load(DATA / "robust_tiny_labels.npz")["labels"], gold["near_tie_index"])

@@ -67,13 +67,18 @@ def test_resampling_is_synthseg_grid():
     np.testing.assert_allclose(aff1 @ np.r_[2, 3, 4, 1], aff @ np.r_[(np.r_[2, 3, 4] + 0.5) / factor - 0.5, 1])
 
 
+def _flip_back(post_of_flipped: torch.Tensor, flip_indices: np.ndarray) -> torch.Tensor:
+    """SynthSeg's own step: undo a left-right flip (voxel axis 0) and swap the left/right channels."""
+    return torch.flip(post_of_flipped, dims=[2]).index_select(1, torch.as_tensor(flip_indices))
+
+
 def test_fused_flip_average_equals_synthseg_order():
     """SynthSeg: blur(P) and blur(P_flipped) averaged after flipping back; we average then blur once."""
     torch.manual_seed(0)
     p, q = torch.rand(1, 33, 12, 10, 9), torch.rand(1, 33, 12, 10, 9)
     flip = lab.flip_indices()
-    synthseg = 0.5 * (post.blur_posteriors(p.clone()) + post.flip_back(post.blur_posteriors(q.clone()), flip))
-    fused = post.blur_posteriors(0.5 * (p + post.flip_back(q, flip)))
+    synthseg = 0.5 * (post.blur_posteriors(p.clone()) + _flip_back(post.blur_posteriors(q.clone()), flip))
+    fused = post.blur_posteriors(0.5 * (p + _flip_back(q, flip)))
     torch.testing.assert_close(fused, synthseg, atol=1e-6, rtol=0)
     # and the blur is SynthSeg's 3x3x3 Gaussian of sigma 0.5 with zero padding
     g = post._gaussian_taps(0.5)
@@ -173,12 +178,12 @@ def test_bad_inputs_are_rejected():
 @pytest.mark.skipif(not os.environ.get("DIFFDEUR_SYNTHSEG_WEIGHTS"), reason="official weights not available")
 def test_official_weights_load():
     """Optional: DIFFDEUR_SYNTHSEG_WEIGHTS=/path/synthseg_2.0.h5 (or robust) checks the full-size file."""
-    from diffdeur_bids.segment import inspect_weights, load_network, official_name
+    from diffdeur_bids.segment import identify_weights, inspect_weights, load_network
 
     path = os.environ["DIFFDEUR_SYNTHSEG_WEIGHTS"]
     info = inspect_weights(path)
     assert info.features[0] == 24 and info.n_labels == 33
-    assert official_name(path) in ("synthseg_2.0.h5", "synthseg_robust_2.0.h5")
+    assert identify_weights(path)[1] in ("synthseg_2.0.h5", "synthseg_robust_2.0.h5")
     assert load_network(path).specs[-1].n_labels == 33
 
 

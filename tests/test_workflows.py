@@ -3,21 +3,22 @@
 from pathlib import Path
 
 from diffdeur_bids.bids.discovery import discover
-from diffdeur_bids.config import Config
+from diffdeur_bids.config import Config, Resolved
 from diffdeur_bids.interfaces import EnhanceImage
-from diffdeur_bids.runner import output_shape
+from diffdeur_bids.plan import scan_plan
 from diffdeur_bids.workflows import init_diffdeur_wf
 
 
-def _shapes(scans):
-    return {str(s.relpath): output_shape(s, 2.0) for s in scans}
+def _memory_plan(scans, config):
+    return {str(s.relpath): scan_plan(s, config) for s in scans}
 
 
 def _workflow(raw_bids, tmp_path, device="cpu"):
     config = Config(bids_dir=raw_bids, output_dir=tmp_path / "out", work_dir=tmp_path / "work",
-                    quality="fast", output_resolution=2.0, omp_nthreads=2, device_used=device, weights_sha256="ab" * 32)
+                    quality="fast", output_resolution=2.0, omp_nthreads=2)
     scans = discover(raw_bids).scans
-    return config, init_diffdeur_wf(config, scans, _shapes(scans))
+    resolved = Resolved(device=device, weights_sha256="ab" * 32, memory_plan=_memory_plan(scans, config))
+    return config, init_diffdeur_wf(config, resolved, scans)
 
 
 def test_one_branch_per_scan_with_crash_dir_per_subject(raw_bids, tmp_path):
@@ -55,11 +56,12 @@ SYNTHSEG_TINY = Path(__file__).parent / "data" / "synthseg" / "synthseg2_tiny.h5
 
 def _synthseg_workflow(raw_bids, tmp_path, device="cpu"):
     config = Config(bids_dir=raw_bids, output_dir=tmp_path / "out", work_dir=tmp_path / "work", quality="fast",
-                    output_resolution=2.0, omp_nthreads=2, device_used=device, weights_sha256="ab" * 32,
-                    synthseg=True, synthseg_backend_used="torch", synthseg_weights=SYNTHSEG_TINY,
-                    synthseg_weights_sha256="cd" * 32)
+                    output_resolution=2.0, omp_nthreads=2, synthseg=True)
     scans = discover(raw_bids).scans
-    return init_diffdeur_wf(config, scans, _shapes(scans))
+    resolved = Resolved(device=device, weights_sha256="ab" * 32, synthseg_backend="torch",
+                        synthseg_weights=SYNTHSEG_TINY, synthseg_weights_sha256="cd" * 32,
+                        memory_plan=_memory_plan(scans, config))
+    return init_diffdeur_wf(config, resolved, scans)
 
 
 def test_synthseg_nodes_follow_enhance(raw_bids, tmp_path):

@@ -141,19 +141,15 @@ _FIELD_UNITS = {"": 1, "t": 1, "tesla": 1, "mt": 1e3, "millitesla": 1e3, "g": 1e
 GAUSS_ABOVE = 30  # no MRI magnet reaches 30 T: a bare number above this is in gauss (15000 -> 1.5 T)
 
 
-def parse_field_strength(value) -> float | None:
-    """Tesla from a sidecar's ``MagneticFieldStrength``; None when it cannot be read.
+def read_field_strength(value) -> tuple[float | None, str]:
+    """Tesla from a sidecar's ``MagneticFieldStrength`` (None when it cannot be read), and how a value
+    that is not a plain number of tesla was read ("" if it is).
 
     BIDS asks for a number in tesla. Also read: strings with or without a unit (``"0.064"``,
     ``"0.064 T"``, ``"64 mT"``, ``"640 G"``, ``"640 gauss"``), and bare numbers above 30, which
     no MRI magnet reaches, as gauss, as older DICOM headers stored them (``15000`` -> 1.5 T).
     Zero, negative, non-finite and other values (``"low"``, ``true``) are not read.
     """
-    return read_field_strength(value)[0]
-
-
-def read_field_strength(value) -> tuple[float | None, str]:
-    """:func:`parse_field_strength`, and how a value that is not a plain number of tesla was read ("" if it is)."""
     if isinstance(value, bool) or value is None:
         return None, ""
     if isinstance(value, (int, float)):

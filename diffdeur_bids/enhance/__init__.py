@@ -2,20 +2,26 @@
 
 One entry point, :func:`enhance`, used by the BIDS App, the benchmark and the tests::
 
-    result = enhance(lf, lf_affine, EnhanceSettings.preset("default"), prior=None)
+    prior = diffdeur_bids.priors.load_prior()        # the shipped prior (files are read there)
+    result = enhance(lf, lf_affine, EnhanceSettings.preset("default"), prior=prior)
     result.image, result.affine, result.std, result.info
+
+Imports run one way: ``problem`` <- ``hqs`` <- ``baselines``, ``start``, ``diffdeur`` <-
+``methods`` <- ``api``; below them the building blocks (``grids``, ``forward``, ``inr``,
+``prior``, ``linalg``, ``settings``).
 """
 
+from .api import EnhanceResult, enhance
 from .devices import resolve_device
 from .errors import CheckpointError, DeviceError, EnhanceError, InvalidInputError, MissingDependencyError
 from .grids import Grid, output_grid
-from .prior import Prior, PriorConfig, default_prior_path, load_prior, save_prior
-from .settings import METHODS, PRESETS, EnhanceSettings
-from .solver import EnhanceResult, enhance, load_default_prior
+from .methods import METHODS, Method, check_settings, get_method
+from .prior import Prior, PriorConfig
+from .problem import MAX_OUTPUT_VOXELS
+from .settings import PRESETS, EnhanceSettings
 
 __all__ = [
     "CheckpointError", "DeviceError", "EnhanceError", "EnhanceResult", "EnhanceSettings", "Grid",
-    "InvalidInputError", "METHODS", "MissingDependencyError", "PRESETS", "Prior", "PriorConfig",
-    "default_prior_path", "enhance", "load_default_prior", "load_prior", "output_grid",
-    "resolve_device", "save_prior",
+    "InvalidInputError", "MAX_OUTPUT_VOXELS", "METHODS", "Method", "MissingDependencyError", "PRESETS", "Prior",
+    "PriorConfig", "check_settings", "enhance", "get_method", "output_grid", "resolve_device",
 ]

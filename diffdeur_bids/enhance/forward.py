@@ -1,4 +1,4 @@
-"""The degradation model ``y = PSF(L_k(x)) + n``, its adjoint, the noise estimate, and sim-lf-v1.
+"""The degradation model ``y = PSF(L_k(x)) + n``, its adjoint, and the noise estimate.
 
 ``L_k`` is a box slice profile: the block mean of ``k`` sub-voxels per LF voxel. ``PSF`` is a
 Gaussian on the LF grid (sigma in LF voxels) with edge-replicating borders, as
@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InvalidInputError
+
+MIN_NOISE_SIGMA = 1e-3  # normalised units: the data term's weight 1 / sigma^2 stays bounded for noise-free data
 
 
 def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> torch.Tensor:
@@ -118,49 +120,3 @@ def estimate_noise_sigma(lf: np.ndarray) -> float:
     head = mean > 0.1 * np.percentile(positive, 99.5)
     values = hhh[head] if head.sum() > 64 else hhh.ravel()
     return float(np.median(np.abs(values)) / 0.6745)
-
-
-# --------------------------------------------------------------------------- sim-lf-v1
-
-TRACKS = {
-    "2mm": dict(k=(1, 1, 3), psf_sigma=0.5, noise_sigma=0.04),
-    "1mm": dict(k=(2, 2, 4), psf_sigma=0.5, noise_sigma=0.04),
-}
-
-
-def normalise_ground_truth(hf: np.ndarray) -> np.ndarray:
-    """Protocol step 2: divide by the 99.5th percentile of the positive voxels, clip to [0, 1]."""
-    from .normalise import robust_max
-
-    hf = np.asarray(hf, dtype=np.float32)
-    return np.clip(hf / robust_max(hf), 0, 1).astype(np.float32)
-
-
-def simulate_lowfield(hf_ras, hf_affine, k=(2, 2, 4), psf_sigma=0.5, noise_sigma=0.04, seed=0):
-    """sim-lf-v1: a simulated LF scan from an RAS+ HF volume.
-
-    Returns ``(lf, lf_affine, gt, gt_affine)``: ``gt`` is the normalised, cropped ground truth
-    whose grid splits each LF voxel into ``k`` sub-voxels.
-    """
-    from scipy.ndimage import gaussian_filter
-
-    hf = np.asarray(hf_ras, dtype=np.float32)
-    if hf.ndim == 4:
-        hf = hf[..., 0]
-    if hf.ndim != 3:
-        raise InvalidInputError(f"a 3D volume is needed, got shape {hf.shape}")
-    k = tuple(int(v) for v in k)
-    gt = normalise_ground_truth(hf)
-    n = [s // kk * kk for s, kk in zip(gt.shape, k)]
-    if min(n) == 0:
-        raise InvalidInputError(f"volume {gt.shape} is smaller than the factors {k}")
-    gt = np.ascontiguousarray(gt[: n[0], : n[1], : n[2]])
-    lf = gt.reshape(n[0] // k[0], k[0], n[1] // k[1], k[1], n[2] // k[2], k[2]).mean(axis=(1, 3, 5))
-    if psf_sigma:
-        lf = gaussian_filter(lf, psf_sigma, mode="nearest")
-    rng = np.random.default_rng(seed)
-    lf = np.clip(lf + rng.normal(0.0, noise_sigma, lf.shape), 0, None).astype(np.float32)
-    s = np.diag([*k, 1.0]).astype(float)
-    s[:3, 3] = (np.asarray(k) - 1) / 2.0
-    lf_affine = np.asarray(hf_affine, dtype=float) @ s
-    return lf, lf_affine, gt, np.asarray(hf_affine, dtype=float)

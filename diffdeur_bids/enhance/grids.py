@@ -86,16 +86,6 @@ def fidelity_grid(lf_shape, lf_affine, resolution) -> Grid:
     return subdivided_grid(lf_shape, lf_affine, k)
 
 
-def grid_from_affine(shape, affine, lf_affine) -> Grid:
-    """Describe an arbitrary axis-aligned target grid (e.g. a GT grid) in LF index space."""
-    to_lf = np.linalg.inv(np.asarray(lf_affine, dtype=float)) @ np.asarray(affine, dtype=float)
-    if not np.allclose(to_lf[:3, :3], np.diag(np.diag(to_lf[:3, :3])), atol=1e-4):
-        raise ValueError("the target grid is rotated relative to the LF grid; resample the result instead")
-    step = tuple(float(v) for v in np.diag(to_lf[:3, :3]))
-    origin = tuple(float(v) for v in to_lf[:3, 3])
-    return Grid(tuple(int(v) for v in shape), step, origin, np.asarray(lf_affine, dtype=float))
-
-
 def resample(volume: torch.Tensor, src: Grid, dst: Grid, order: int = 1) -> torch.Tensor:
     """Values of ``volume`` (on ``src``) at the voxel centres of ``dst``; edges replicate.
 

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .forward import MIN_NOISE_SIGMA
 from .grids import Grid
 
 
@@ -103,7 +104,7 @@ class FidelityProblem:
     def __init__(self, y: torch.Tensor, operator, noise_sigma: float, fid_grid: Grid, out_grid: Grid, slab_voxels: int = 2**20):
         self.y = y
         self.A = operator
-        self.noise_var = max(float(noise_sigma), 1e-3) ** 2
+        self.noise_var = max(float(noise_sigma), MIN_NOISE_SIGMA) ** 2
         self.fid_grid, self.out_grid = fid_grid, out_grid
         self.same_grid = fid_grid == out_grid
         self.scale = 1.0 / y.numel()

@@ -6,26 +6,27 @@ the denoising loss *is* that posterior mean, ``D(x_t; sigma)``, so no score-to-d
 conversion is needed. The network is a pixel-unshuffled U-Net of about 1.5 M parameters
 so that a whole volume of slices goes through it in seconds on two CPU cores.
 
+Every method reaches the prior through one call, ``prior.denoise(x, sigma, axis)``
+(k-diffusion's ``D(x, sigma)`` with the slicing axis added), and DPS through
+``prior.denoise_vjp``; both go through :func:`denoise_slices`, the one place that pads and
+batches slices. Checkpoint files are read and written by :mod:`diffdeur_bids.priors`.
+
 Intensities are in "normalised units": each volume divided by a robust maximum (the
 99.5th percentile of its foreground), the same scale the benchmark uses for ground truth.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CheckpointError
-
-CHECKPOINT_FORMAT = "diffdeur-prior"
-CHECKPOINT_VERSION = 1
-SIGMA_DATA = 0.5
+SIGMA_DATA = 0.5          # EDM's sigma_data: the standard deviation of normalised training slices
+DEFAULT_MAX_PIXELS = 2**21  # slice pixels per batch through the network
+VJP_BATCH_SHARE = 4       # autograd keeps every activation of a batch: a vector-Jacobian product batches 1/4 as much
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class Prior(nn.Module):
         self.config = config or PriorConfig()
         self.net = DenoiserNet(self.config)
         self.metadata = dict(metadata or {})
+        self.name = None    # set by the registry: a shipped name or the file it was loaded from
         self.sha256 = None  # set when loaded from a file
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -121,8 +123,30 @@ class Prior(nn.Module):
         c_skip = sd**2 / (sigma**2 + sd**2)
         c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
         c_in = 1.0 / (sigma**2 + sd**2).sqrt()
-        f = self.net(c_in * x, sigma.log().view(-1) / 4)
+        c_noise = sigma.log().view(-1) / 4
+        f = self.net(c_in * x, c_noise)
         return c_skip * x + c_out * f
+
+    @property
+    def sigma_min(self) -> float:
+        """Below this noise level the prior has nothing to remove."""
+        return self.config.sigma_min
+
+    @property
+    def sigma_data(self) -> float:
+        return self.config.sigma_data
+
+    def denoise(self, x: torch.Tensor, sigma: float, axis: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+        """``D(x; sigma)`` of a volume: the 2D prior on every slice of ``x`` taken along ``axis``."""
+        out = denoise_slices(self, x.movedim(axis, 0), sigma, max_pixels)
+        return out.movedim(0, axis).contiguous()
+
+    def denoise_vjp(self, x: torch.Tensor, sigma: float, axis: int, grad_out: torch.Tensor,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+        """The vector-Jacobian product ``grad_out^T dD(x; sigma)/dx``, slices along ``axis`` as :meth:`denoise`."""
+        out = denoise_slices(self, x.movedim(axis, 0), sigma, max_pixels // VJP_BATCH_SHARE,
+                             grad_out=grad_out.movedim(axis, 0))
+        return out.movedim(0, axis)
 
     def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor:
         sd = self.config.sigma_data
@@ -133,125 +157,45 @@ class Prior(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def karras_sigmas(n: int, sigma_hi: float, sigma_lo: float, rho: float = 7.0) -> list[float]:
-    """Noise levels from high to low, spaced as in Karras et al. (2022)."""
-    if n == 1:
-        return [float(sigma_hi)]
-    a, b = sigma_hi ** (1 / rho), sigma_lo ** (1 / rho)
-    return [float((a + i / (n - 1) * (b - a)) ** rho) for i in range(n)]
-
-
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph or pw:
         mode = "reflect" if (ph < h and pw < w) else "replicate"
         x = F.pad(x, (0, pw, 0, ph), mode=mode)
-    return x, (h, w)
+    return x
 
 
-def denoise_slices(prior: Prior, slices: torch.Tensor, sigma: float, max_pixels: int = 2**21) -> torch.Tensor:
-    """Tweedie estimate for a stack of slices ``(N, H, W)``, batched by a pixel budget.
+def denoise_slices(net, slices: torch.Tensor, sigma: float, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   grad_out: torch.Tensor | None = None) -> torch.Tensor:
+    """The prior ``net`` on a stack of slices ``(N, H, W)``, batched by a pixel budget.
 
-    On a CUDA out-of-memory error the batch is halved and the stack retried, down to one slice.
+    Without ``grad_out``: Tweedie's estimate of each slice, without autograd. With it: the
+    vector-Jacobian product ``grad_out^T dD/dx`` (the gradient DPS needs). Slices are padded to
+    the network's size multiple and cropped back. On a CUDA out-of-memory error the batch is
+    halved and the stack retried, down to one slice.
     """
-    padded, (h, w) = _pad_to_multiple(slices.unsqueeze(1), prior.config.size_multiple)
-    per_slice = padded.shape[-1] * padded.shape[-2]
+    h, w = slices.shape[-2:]
+    multiple = net.config.size_multiple
+    per_slice = (h + (-h) % multiple) * (w + (-w) % multiple)
     batch = max(1, max_pixels // per_slice)
     sig = torch.tensor([sigma], device=slices.device, dtype=slices.dtype)
     while True:
         try:
-            out = torch.empty_like(padded)
-            with torch.inference_mode():
-                for start in range(0, padded.shape[0], batch):
-                    out[start : start + batch] = prior(padded[start : start + batch], sig)
-            return out[:, 0, :h, :w].clone()
+            out = torch.empty(slices.shape, device=slices.device, dtype=slices.dtype)
+            for start in range(0, slices.shape[0], batch):
+                part = slice(start, start + batch)
+                if grad_out is None:
+                    with torch.inference_mode():
+                        out[part] = net(_pad_to_multiple(slices[part].unsqueeze(1), multiple), sig)[:, 0, :h, :w]
+                else:
+                    xb = slices[part].detach().unsqueeze(1).requires_grad_(True)
+                    denoised = net(_pad_to_multiple(xb, multiple), sig)[:, :, :h, :w]
+                    (grad,) = torch.autograd.grad(denoised, xb, grad_out[part].unsqueeze(1))
+                    out[part] = grad[:, 0]
+            return out
         except torch.cuda.OutOfMemoryError:
             if batch == 1:
                 raise
             batch = max(1, batch // 2)
             torch.cuda.empty_cache()
-
-
-def denoise_volume(prior: Prior, volume: torch.Tensor, sigma: float, axis: int, max_pixels: int = 2**21) -> torch.Tensor:
-    """Apply the 2D prior to every slice of a 3D volume taken along ``axis``."""
-    moved = volume.movedim(axis, 0)
-    return denoise_slices(prior, moved, sigma, max_pixels).movedim(0, axis).contiguous()
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def save_prior(prior: Prior, path: str | Path, extra_metadata: dict | None = None) -> str:
-    """Write weights plus everything needed to rebuild the model to one safetensors file."""
-    from safetensors.torch import save_file
-
-    meta = dict(prior.metadata)
-    meta.update(extra_metadata or {})
-    header = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": str(CHECKPOINT_VERSION),
-        "config": prior.config.to_json(),
-        "metadata": json.dumps(meta, sort_keys=True, default=str),
-    }
-    state = {k: v.detach().cpu().contiguous() for k, v in prior.state_dict().items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=header)
-    tmp.replace(path)
-    return file_sha256(path)
-
-
-def load_prior(path: str | Path, device: str | torch.device = "cpu", expected_sha256: str | None = None) -> Prior:
-    """Load a prior safely (safetensors holds tensors only: no code is executed)."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"prior weights not found: {path}")
-    sha = file_sha256(path)
-    if expected_sha256 and sha != expected_sha256:
-        raise CheckpointError(
-            f"prior weights {path} have sha256 {sha}, expected {expected_sha256}: the file is corrupt or not the shipped one"
-        )
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
-            header = fh.metadata() or {}
-            state = {k: fh.get_tensor(k) for k in fh.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"cannot read prior weights {path}: {exc} (truncated or not a safetensors file)") from exc
-    if header.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a diffdeur prior (format {header.get('format')!r})")
-    if header.get("format_version") != str(CHECKPOINT_VERSION):
-        raise CheckpointError(
-            f"{path} has checkpoint format version {header.get('format_version')}, this diffdeur reads version {CHECKPOINT_VERSION}"
-        )
-    try:
-        config = PriorConfig.from_json(header["config"])
-        metadata = json.loads(header.get("metadata", "{}"))
-        prior = Prior(config, metadata)
-        prior.load_state_dict(state, strict=True)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path} does not match the prior architecture it declares: {exc}") from exc
-    prior.sha256 = sha
-    return prior.to(device).eval()
-
-
-def default_prior_path() -> Path:
-    """The prior shipped inside the package."""
-    return Path(__file__).resolve().parent.parent / "data" / "prior" / "diffdeur_prior.safetensors"
-
-
-def shipped_prior_sha256() -> str | None:
-    card = default_prior_path().with_name("sha256.txt")
-    return card.read_text().split()[0] if card.is_file() else None
-

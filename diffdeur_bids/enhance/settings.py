@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-METHODS = ("diffdeur", "linear", "cubic", "cubic_bm3d", "inr", "dps", "prior_cf", "start")
-
-# Each preset trades time for quality; the benchmark chose these numbers.
+# Each preset trades time for quality; benchmarks/README.md has the figures behind them.
 PRESETS = {
     "fast": dict(steps=4, inr_iters=4, inr_init_iters=40),
     "default": dict(steps=10, inr_iters=4, inr_init_iters=40),
@@ -21,7 +19,7 @@ class EnhanceSettings:
     ``output_resolution`` is in mm (one number for isotropic, or three). ``noise_sigma`` is
     in the input image's units; ``None`` estimates it from the image. ``mu`` weights the
     prior term of the fidelity step: rho_t = mu * (sigma_n / sigma_t)^2 (DiffPIR's form of
-    the seed's ``mu * sigma_t^2`` weighting). ``zeta`` is the share of fresh noise when
+    the poster's ``mu * sigma_t^2`` weighting). ``zeta`` is the share of fresh noise when
     re-noising between steps (0: deterministic DDIM-like, 1: fully stochastic).
     ``start_damping`` is the lambda of the start's data-consistency step (``start.py``):
     0 projects onto the prior-denoised data exactly, larger values stay nearer interpolation.
@@ -68,8 +66,7 @@ class EnhanceSettings:
         return asdict(self)
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        """Refuse out-of-range values (the method name is checked against ``methods.METHODS``)."""
         if self.steps < 1 or self.num_samples < 1 or self.inr_iters < 1:
             raise ValueError("steps, num_samples and inr_iters must be at least 1")
         res = self.output_resolution

@@ -11,7 +11,7 @@ regularised least-squares step
 
 the minimiser of ``||x - c||^2 + (K / lambda) ||A x - z_y||^2``. ``lambda = 0`` projects
 onto the denoised data exactly; larger values stay nearer ``c`` and amplify less of the noise
-left in ``z_y`` (0.3: measured on training volumes of both tracks, see the README).
+left in ``z_y`` (``start_damping``; its value is chosen in ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -21,17 +21,18 @@ import torch
 
 from .grids import resample, voxel_sizes
 from .linalg import conjugate_gradient
-from .prior import denoise_volume
+from .problem import Problem
 
 PROJECTION_ITERS = 30
 
 
-def denoise_lf(p) -> torch.Tensor:
+def denoise_lf(p: Problem) -> torch.Tensor:
     """``D(y; sigma_n)`` on the LF slices across the thickest voxel axis (``y`` if noise-free)."""
-    if p.prior is None or p.noise_sigma < p.prior.config.sigma_min:
-        return p.y
-    axis = int(np.argmax(voxel_sizes(p.lf_grid.lf_affine)))
-    return denoise_volume(p.prior, p.y, p.noise_sigma, axis=axis, max_pixels=p.settings.max_pixels)
+    obs = p.scan
+    if p.prior is None or obs.noise_sigma < p.prior.sigma_min:
+        return obs.y
+    axis = int(np.argmax(voxel_sizes(obs.grid.lf_affine)))
+    return p.denoise(obs.y, obs.noise_sigma, axis)
 
 
 def damped_projection(operator, start: torch.Tensor, data: torch.Tensor, damping: float,
@@ -42,9 +43,17 @@ def damped_projection(operator, start: torch.Tensor, data: torch.Tensor, damping
     return start + operator.adjoint(u)
 
 
-def data_consistent_start(p) -> torch.Tensor:
-    """The start image on the output grid (the solver's INR is then fitted towards it)."""
+def data_consistent_start(p: Problem) -> torch.Tensor:
+    """The start image on the output grid (DiffDeuR's INR is then fitted towards it)."""
+    obs = p.scan
     z_y = denoise_lf(p)
-    cubic = resample(z_y, p.lf_grid, p.fid_grid, order=3).clamp_min(0)
-    x = damped_projection(p.operator, cubic, z_y, p.settings.start_damping)
-    return x if p.fid_grid == p.out_grid else resample(x, p.fid_grid, p.out_grid)
+    cubic = resample(z_y, obs.grid, obs.fid_grid, order=3).clamp_min(0)
+    x = damped_projection(obs.operator, cubic, z_y, p.settings.start_damping)
+    return x if obs.fid_grid == p.out_grid else resample(x, obs.fid_grid, p.out_grid)
+
+
+def run_start(p: Problem) -> torch.Tensor:
+    """The start alone, as a method (an ablation: DiffDeuR without its sampler)."""
+    x = data_consistent_start(p)
+    p.tick()
+    return x

@@ -13,7 +13,8 @@ import torch
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, traits
 
 from ..errors import NotEnoughMemoryError
-from ..imageio import load_volume, save_volume
+from ..imageio import load_volume, save_volume, space_code
+from ..priors.registry import DEFAULT_PRIOR
 
 log = logging.getLogger("nipype.interface")
 
@@ -21,7 +22,7 @@ log = logging.getLogger("nipype.interface")
 class _EnhanceInputSpec(TraitedSpec):
     in_file = File(exists=True, mandatory=True, desc="low-field scan, RAS+")
     settings = traits.Dict(mandatory=True, desc="EnhanceSettings as a dict, without device and threads")
-    prior_file = traits.Str("", usedefault=True, desc="prior weights; empty for the shipped prior")
+    prior = traits.Str(DEFAULT_PRIOR, usedefault=True, nohash=True, desc="a shipped prior's name or a weights file")
     weights_sha256 = traits.Str("", usedefault=True, desc="sha256 of the prior, so new weights redo the work")
     device = traits.Str("cpu", usedefault=True, nohash=True, desc="torch device")
     threads = traits.Int(1, usedefault=True, nohash=True, desc="CPU threads for torch")
@@ -51,14 +52,14 @@ class EnhanceImage(SimpleInterface):
     output_spec = _EnhanceOutputSpec
 
     def _run_interface(self, runtime):
-        from ..enhance import EnhanceSettings, enhance, load_default_prior, load_prior, resolve_device
+        from ..enhance import EnhanceSettings, enhance, resolve_device
+        from ..priors import load_prior
 
         device = resolve_device(self.inputs.device)
-        prior = load_prior(self.inputs.prior_file, device=device) if self.inputs.prior_file \
-            else load_default_prior(device)
+        prior = load_prior(self.inputs.prior, device=device)
         settings = EnhanceSettings(**{**self.inputs.settings, "device": str(device), "threads": self.inputs.threads})
         data, affine, header = load_volume(self.inputs.in_file)
-        space_code = int(header["sform_code"]) or int(header["qform_code"]) or 1  # keep the input's space
+        code = space_code(header)
         label = self.inputs.label or Path(self.inputs.in_file).name
 
         def progress(step, total, elapsed, eta):
@@ -70,9 +71,9 @@ class EnhanceImage(SimpleInterface):
             raise _out_of_memory(label, e) from e
 
         cwd = Path(runtime.cwd)
-        self._results["out_file"] = str(save_volume(cwd / "enhanced.nii.gz", result.image, result.affine, space_code))
+        self._results["out_file"] = str(save_volume(cwd / "enhanced.nii.gz", result.image, result.affine, code))
         if result.std is not None:
-            self._results["std_file"] = str(save_volume(cwd / "enhanced_std.nii.gz", result.std, result.affine, space_code))
+            self._results["std_file"] = str(save_volume(cwd / "enhanced_std.nii.gz", result.std, result.affine, code))
         info_file = cwd / "enhance_info.json"
         info_file.write_text(json.dumps(result.info, indent=2, default=str))
         self._results["info_file"] = str(info_file)

@@ -17,7 +17,7 @@ import numpy as np
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, traits
 
 from ..bids.tables import VOLUME_COLUMNS, to_tsv
-from ..imageio import load_volume, save_labels
+from ..imageio import load_volume, save_labels, space_code
 
 log = logging.getLogger("nipype.interface")
 
@@ -75,7 +75,7 @@ class SynthSeg(SimpleInterface):
 
         inputs = self.inputs
         data, affine, header = load_volume(inputs.in_file)
-        space_code = int(header["sform_code"]) or int(header["qform_code"]) or 1  # the enhanced image's space
+        code = space_code(header)  # the enhanced image's space
         started = time.time()
         if inputs.backend == "torch":
             result = segment(data, affine, inputs.model_file, robust=inputs.robust, device=inputs.device,
@@ -87,7 +87,7 @@ class SynthSeg(SimpleInterface):
         log.info("%s: SynthSeg (%s) done in %.0f s", Path(inputs.in_file).name, result.backend, elapsed)
 
         cwd = Path(runtime.cwd)
-        out_file = save_labels(cwd / "synthseg_dseg.nii.gz", result.labels, affine, space_code)
+        out_file = save_labels(cwd / "synthseg_dseg.nii.gz", result.labels, affine, code)
         rows = result.volume_rows()
         other = result.info.get("other_volumes") or {}
         if other:

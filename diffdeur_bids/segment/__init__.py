@@ -9,7 +9,8 @@ Pure numpy/torch (h5py only to read the official ``.h5`` weights); no BIDS, no N
     dseg_lookup_rows()                                             # desc-synthseg_dseg.tsv rows
 """
 
-from .backends import OFFICIAL_WEIGHTS, available_backends, choose_backend, default_weights, inspect_weights, official_name
+from .backends import (OFFICIAL_WEIGHTS, available_backends, choose_backend, default_weights, identify_weights,
+                       inspect_weights)
 from .errors import (BackendError, InvalidImageError, SegmentationError, SegmentationUnavailable,
                      WeightsError)
 from .freesurfer import freesurfer_lut_rows, freesurfer_status, mri_synthseg_command, segment_freesurfer
@@ -21,6 +22,6 @@ __all__ = [
     "BackendError", "InvalidImageError", "OFFICIAL_WEIGHTS", "SegResult", "SegmentationError",
     "SegmentationUnavailable", "SynthSegNetwork", "WeightsError", "available_backends", "choose_backend",
     "convert_keras_to_safetensors", "default_weights", "dseg_lookup_rows", "freesurfer_lut_rows", "freesurfer_status",
-    "inspect_weights", "label_infos", "label_values", "load_network", "mri_synthseg_command",
-    "official_name", "segment", "segment_freesurfer", "volume_rows",
+    "identify_weights", "inspect_weights", "label_infos", "label_values", "load_network", "mri_synthseg_command",
+    "segment", "segment_freesurfer", "volume_rows",
 ]

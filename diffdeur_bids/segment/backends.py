@@ -7,10 +7,10 @@ Weights are never downloaded.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..checksums import file_sha256
 from .errors import SegmentationUnavailable, WeightsError
 from .freesurfer import freesurfer_home, freesurfer_status
 from .keras_h5 import read_keras_weights
@@ -61,21 +61,12 @@ def inspect_weights(path, robust: bool | None = None) -> WeightsInfo:
     return info
 
 
-def official_name(path) -> str | None:
-    """Name of the official file this is (size and sha256 match), else None."""
+def identify_weights(path) -> tuple[str, str | None]:
+    """The file's sha256, and the name of the official file it is (size and sha256 match) or None."""
     path = Path(path)
+    sha = file_sha256(path)
     size = path.stat().st_size
-    candidates = [n for n, (b, _) in OFFICIAL_WEIGHTS.items() if b == size]
-    if not candidates:
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    for name in candidates:
-        if OFFICIAL_WEIGHTS[name][1] == digest.hexdigest():
-            return name
-    return None
+    return sha, next((name for name, (n, digest) in OFFICIAL_WEIGHTS.items() if n == size and digest == sha), None)
 
 
 def available_backends(model_path=None, robust: bool = False) -> list[str]:

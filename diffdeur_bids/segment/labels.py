@@ -16,10 +16,6 @@ import numpy as np
 LABEL_TABLE = Path(__file__).resolve().parent.parent / "data" / "synthseg" / "labels_2.0.tsv"
 TIV_NAME = "total intracranial"
 
-# Robust stage 1/2 output groups (np.unique of synthseg_denoiser_labels_2.0.npy): used only to
-# size the one-hot transitions, so only their number matters here.
-DENOISER_GROUPS = 5
-
 
 @dataclass(frozen=True)
 class LabelInfo:

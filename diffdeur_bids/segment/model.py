@@ -74,18 +74,15 @@ class SynthSegNetwork(nn.Module):
             return
         onehot = _one_hot_argmax(self.nets[0](image))
         onehot = _one_hot_argmax(self.stage2(onehot))
-        self.nets[2].run(self._stage3_input(image, onehot), sink)
+        self.nets[2].run(self.stage3_input(image, onehot), sink)
 
     def stage2(self, onehot1: torch.Tensor) -> torch.Tensor:
         """Robust denoiser ``l2l`` on the one-hot of stage 1."""
         return self.nets[1](onehot1)
 
-    def stage3(self, image: torch.Tensor, onehot2: torch.Tensor) -> torch.Tensor:
-        """Robust final ``unet2`` on ``concat([image, one_hot(stage 2)])``."""
-        return self.nets[2](self._stage3_input(image, onehot2))
-
     @staticmethod
-    def _stage3_input(image: torch.Tensor, onehot2: torch.Tensor) -> torch.Tensor:
+    def stage3_input(image: torch.Tensor, onehot2: torch.Tensor) -> torch.Tensor:
+        """What the robust final ``unet2`` reads: ``concat([image, one_hot(stage 2)])``."""
         if onehot2.shape[1] <= 2:  # as the Keras code: with 2 groups only the foreground channel is kept
             onehot2 = onehot2[:, 1:]
         return torch.cat([image, onehot2], dim=1)

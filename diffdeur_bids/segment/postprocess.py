@@ -55,12 +55,6 @@ def blur_posteriors(post: torch.Tensor, sigma: float = SMOOTHING_SIGMA) -> torch
     return post
 
 
-def flip_back(post_of_flipped: torch.Tensor, flip_indices: np.ndarray) -> torch.Tensor:
-    """Undo a left-right flip (voxel axis 0 of the RAS-aligned volume) and swap left/right channels."""
-    index = torch.as_tensor(flip_indices, device=post_of_flipped.device)
-    return torch.flip(post_of_flipped, dims=[2]).index_select(1, index)
-
-
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """Largest 6-connected component (first one in raster order on ties), as SynthSeg."""
     components, n = ndimage.label(mask)

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .normalise import robust_max
-from .prior import Prior, PriorConfig, save_prior
+from ..enhance.normalise import robust_max
+from ..enhance.prior import Prior, PriorConfig
+from .checkpoint import save_prior
 
 VALIDATION_SIGMAS = (0.02, 0.05, 0.1, 0.2)
 

@@ -21,7 +21,7 @@ from scipy import ndimage
 from torch import nn
 from torch.nn import functional as F
 
-LPIPS_WEIGHTS = Path(__file__).parent / "data" / "lpips" / "alexnet_lpips_v0.1.safetensors"
+LPIPS_WEIGHTS = Path(__file__).resolve().parent.parent / "data" / "lpips" / "alexnet_lpips_v0.1.safetensors"
 MASK_THRESHOLD = 0.05
 MASK_DILATION = 3
 LPIPS_MIN_MASK_FRACTION = 0.1

@@ -1,7 +1,7 @@
 """Time and peak memory of one SynthSeg segmentation (port), for the README numbers.
 
-    python -m diffdeur_bids.segment.bench --weights tests/data/synthseg/synthseg2_tiny.h5 --threads 2
-    python -m diffdeur_bids.segment.bench --official 2.0 --threads 2     # random weights, official widths
+    python benchmarks/synthseg_speed.py --weights tests/data/synthseg/synthseg2_tiny.h5 --threads 2
+    python benchmarks/synthseg_speed.py --official 2.0 --threads 2     # random weights, official widths
 
 Runs on nilearn's 1 mm MNI template (197 x 233 x 189) when nilearn is installed, else on a
 synthetic 1 mm head. Peak memory is the process's maximum resident set size, so run one

@@ -1,0 +1,39 @@
+"""DiffDeuR: half-quadratic splitting between the diffusion prior and an INR data-fidelity step.
+
+The INR is first fitted to the data with a pull towards the data-consistent start
+(``start.py``), which keeps it from fitting the noise and gives the sampler its starting
+point. Then, at each level of the HQS loop (``hqs.py``), the fidelity step is a few optimiser
+steps of the INR on
+
+    ||A f - y||^2 / sigma_n^2 + rho_t ||f - z||^2,   rho_t = mu / sigma_t^2
+
+warm-started from the previous level: DiffPIR's form of the poster's ``mu * sigma_t^2``
+weighting, with both terms divided by ``sigma_t^2``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .forward import MIN_NOISE_SIGMA
+from .hqs import sample_problem
+from .inr import fit_inr, make_inr, make_optimizer, render
+from .problem import Problem
+from .start import data_consistent_start
+
+
+def run_diffdeur(p: Problem) -> torch.Tensor:
+    s, obs = p.settings, p.scan
+    fid = p.fidelity()
+    inr = make_inr(obs.y.shape, obs.fid_grid, p.out_grid, p.device, init_value=float(obs.y.mean()))
+    opt = make_optimizer(inr, s.inr_lr)
+    start = data_consistent_start(p)
+    fit_inr(inr, fid, opt, s.inr_init_iters, z=start, rho=s.inr_init_pull / max(obs.noise_sigma, MIN_NOISE_SIGMA) ** 2)
+    x0 = render(inr, p.out_grid, p.device)
+    p.tick()
+
+    def inr_prox(z, sigma, _previous):
+        fit_inr(inr, fid, opt, s.inr_iters, z=z, rho=s.mu / sigma**2)
+        return render(inr, p.out_grid, p.device)
+
+    return sample_problem(p, inr_prox, x0)

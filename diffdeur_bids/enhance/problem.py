@@ -1,0 +1,127 @@
+"""What every method is given: the observations (LF scans) and the output grid, in normalised units.
+
+An :class:`Observation` is one LF scan with its own grid, noise level and degradation operator;
+a :class:`Problem` holds a list of them, so a second stack of the same contrast is one more
+item. :func:`check_input` refuses what cannot be enhanced and repairs (and reports) what can.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import InvalidInputError
+from .forward import Degradation
+from .grids import Grid, fidelity_grid, lf_grid, output_grid
+from .inr import FidelityProblem
+from .prior import Prior
+from .settings import EnhanceSettings
+
+MAX_OUTPUT_VOXELS = 2**28  # ~268 M voxels (640^3): beyond this, refuse rather than run out of memory
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One LF scan: data ``y`` on ``grid``, its noise level, and ``operator`` from ``fid_grid`` to ``grid``.
+
+    ``fid_grid`` splits the scan's voxels at least as finely as the output grid, so the box
+    slice profile is an exact block mean there; it is the output grid itself when that one
+    splits the LF voxels into whole sub-voxels.
+    """
+
+    y: torch.Tensor
+    grid: Grid
+    fid_grid: Grid
+    operator: Degradation
+    noise_sigma: float
+
+
+@dataclass
+class Problem:
+    """Everything a method needs, on the chosen device."""
+
+    observations: list[Observation]
+    out_grid: Grid
+    settings: EnhanceSettings
+    device: torch.device
+    prior: Prior | None
+    generator: torch.Generator
+    tick: Callable[[], None] = field(default=lambda: None)
+
+    @property
+    def scan(self) -> Observation:
+        """The single observation the methods here work from."""
+        if len(self.observations) != 1:
+            raise InvalidInputError(f"method {self.settings.method!r} enhances one scan at a time, "
+                                    f"got {len(self.observations)}")
+        return self.observations[0]
+
+    def fidelity(self) -> FidelityProblem:
+        obs = self.scan
+        return FidelityProblem(obs.y, obs.operator, obs.noise_sigma, obs.fid_grid, self.out_grid)
+
+    def denoise(self, x: torch.Tensor, sigma: float, axis: int) -> torch.Tensor:
+        """The prior step ``D(x; sigma)``, slices along ``axis``."""
+        return self.prior.denoise(x, sigma, axis, max_pixels=self.settings.max_pixels)
+
+    def randn(self, shape) -> torch.Tensor:
+        return torch.randn(shape, generator=self.generator, device=self.device)
+
+
+def check_input(lf, lf_affine) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Refuse what cannot be enhanced; repair (and report) what can."""
+    notes = {}
+    lf = np.asarray(lf)
+    if lf.ndim == 4 and lf.shape[3] == 1:
+        lf = lf[..., 0]
+    if lf.ndim == 4:
+        raise InvalidInputError(f"the image is 4D with {lf.shape[3]} volumes; diffdeur enhances 3D anatomical scans (select one volume)")
+    if lf.ndim != 3:
+        raise InvalidInputError(f"the image must be 3D, got {lf.ndim}D with shape {lf.shape}")
+    if lf.size == 0 or min(lf.shape) < 4:
+        raise InvalidInputError(f"the image {lf.shape} is too small: at least 4 voxels along every axis are needed")
+    if not np.issubdtype(lf.dtype, np.number) or np.iscomplexobj(lf):
+        raise InvalidInputError(f"the image has data type {lf.dtype}; a real-valued magnitude image is needed")
+    lf = lf.astype(np.float32)
+    bad = ~np.isfinite(lf)
+    if bad.any():
+        if bad.mean() > 0.01:
+            raise InvalidInputError(f"{bad.mean():.1%} of the voxels are NaN or infinite; the image looks corrupt")
+        notes["nonfinite_voxels_set_to_zero"] = int(bad.sum())
+        lf = np.where(bad, 0, lf).astype(np.float32)
+    negative = lf < 0
+    if negative.any():
+        notes["negative_voxels_clipped"] = int(negative.sum())
+        lf = np.maximum(lf, 0)
+    if float(lf.max()) <= float(lf.min()):
+        raise InvalidInputError("the image is constant (all voxels equal): there is nothing to enhance")
+    aff = np.asarray(lf_affine, dtype=float)
+    if aff.shape != (4, 4) or not np.all(np.isfinite(aff)) or abs(np.linalg.det(aff[:3, :3])) < 1e-9:
+        raise InvalidInputError("the image affine is missing, not finite, or singular")
+    return lf, aff, notes
+
+
+def plan_grids(lf_shape, lf_affine, resolution) -> tuple[Grid, Grid]:
+    """The output grid at ``resolution`` mm and the grid where the scan's data term is exact.
+
+    Refuses grids too large to hold, before anything is allocated.
+    """
+    out_g = output_grid(lf_shape, lf_affine, resolution)
+    fid_g = fidelity_grid(lf_shape, lf_affine, resolution)
+    if fid_g.subdivision == out_g.subdivision:
+        fid_g = out_g
+    n_out = int(np.prod(out_g.shape))
+    if n_out > MAX_OUTPUT_VOXELS or np.prod(fid_g.shape) > MAX_OUTPUT_VOXELS:
+        raise InvalidInputError(
+            f"the output grid {out_g.shape} ({n_out / 1e6:.0f} M voxels) is too large; choose a coarser --output-resolution"
+        )
+    return out_g, fid_g
+
+
+def observation(y: np.ndarray, lf_affine, fid_g: Grid, noise_sigma: float, psf_sigma, device) -> Observation:
+    """One scan in normalised units as the methods see it."""
+    y_t = torch.from_numpy(np.ascontiguousarray(y)).to(device)
+    return Observation(y_t, lf_grid(y.shape, lf_affine), fid_g, Degradation(fid_g.subdivision, psf_sigma), noise_sigma)
