@@ -89,7 +89,7 @@ def test_enhance_imports_run_one_way():
     """The layers of the method, lowest first: a module imports only from layers below it."""
     layers = [
         {"errors", "linalg", "settings", "grids"},
-        {"devices", "normalise", "forward"},
+        {"devices", "normalise", "forward", "noise", "acquisition"},
         {"inr", "prior"},
         {"problem"},
         {"hqs"},

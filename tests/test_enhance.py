@@ -16,7 +16,8 @@ from diffdeur_bids.enhance import (
     enhance,
     output_grid,
 )
-from diffdeur_bids.enhance.forward import Degradation, estimate_noise_sigma
+from diffdeur_bids.enhance.forward import Degradation
+from diffdeur_bids.enhance.noise import wavelet_mad_sigma
 from diffdeur_bids.enhance.grids import fidelity_grid, subdivided_grid
 from diffdeur_bids.enhance.inr import FidelityProblem, fit_inr, make_inr, make_optimizer, render
 from diffdeur_bids.enhance.start import damped_projection
@@ -88,7 +89,7 @@ def test_noise_estimate_recovers_sigma(mni_small):
     hf, aff = mni_small
     for sigma in (0.02, 0.05):
         lf = simulate_lowfield(hf, aff, k=(1, 1, 1), psf_sigma=0.5, noise_sigma=sigma, seed=0)[0]
-        assert estimate_noise_sigma(lf) == pytest.approx(sigma, rel=0.25)
+        assert wavelet_mad_sigma(lf) == pytest.approx(sigma, rel=0.25)
 
 
 def test_output_grid_integer_non_integer_and_oblique():

@@ -11,8 +11,10 @@ import numpy as np
 import torch
 
 from .devices import describe_device, resolve_device
-from .forward import estimate_noise_sigma
 from .methods import check_settings, get_method
+from .acquisition import to_acquired_grid
+from .grids import voxel_sizes
+from .noise import rayleigh_sigma, unbias_rician, wavelet_mad_sigma
 from .normalise import robust_max
 from .prior import Prior
 from .problem import Problem, check_input, observation, plan_grids
@@ -56,11 +58,25 @@ def enhance(lf, lf_affine, settings: EnhanceSettings | None = None, prior: Prior
     if prior is not None:
         prior = prior.to(device).eval()
 
-    out_g, fid_g = plan_grids(lf.shape, lf_affine, settings.output_resolution)
+    plan_grids(lf.shape, lf_affine, settings.output_resolution)  # refuse a grid too large before any work
     scale = robust_max(lf)
-    y = lf / scale
-    noise = settings.noise_sigma / scale if settings.noise_sigma is not None else estimate_noise_sigma(y)
-    scan = observation(y, lf_affine, fid_g, noise, settings.psf_sigma, device)
+    y, y_affine, acquisition = lf / scale, lf_affine, {}
+    background_sigma = rayleigh_sigma(y)  # None unless a magnitude image with air around the head
+    if settings.acquired_grid and background_sigma is not None:
+        y, y_affine, bands = to_acquired_grid(y, lf_affine, background_sigma)
+        acquisition = {"acquired_band": [round(b, 3) for b in bands], "acquired_shape": list(y.shape),
+                       "acquired_voxel_size_mm": [float(v) for v in voxel_sizes(y_affine)]}
+    if settings.noise_sigma is not None:
+        noise, noise_how = settings.noise_sigma / scale, "given"
+    elif background_sigma is not None:  # of the stored voxels, whose magnitude in air is still Rayleigh
+        noise, noise_how = background_sigma, "rayleigh_background"
+    else:
+        noise, noise_how = wavelet_mad_sigma(y), "wavelet_mad"
+    if settings.rician_unbias and background_sigma is not None:
+        y = unbias_rician(y, noise)
+        acquisition["rician_unbiased"] = True
+    out_g, fid_g = plan_grids(lf.shape, lf_affine, settings.output_resolution, y.shape, y_affine)
+    scan = observation(y, y_affine, fid_g, noise, settings.psf_sigma, device)
 
     total = method.ticks(settings) * settings.num_samples
     done = [0]
@@ -87,6 +103,8 @@ def enhance(lf, lf_affine, settings: EnhanceSettings | None = None, prior: Prior
         "settings": settings.as_dict(),
         "noise_sigma_estimated": None if settings.noise_sigma is not None else float(noise * scale),
         "noise_sigma_used": float(noise * scale),
+        "noise_estimator": noise_how,
+        **acquisition,
         "intensity_scale": float(scale),
         "input_shape": list(lf.shape),
         "output_shape": list(out_g.shape),

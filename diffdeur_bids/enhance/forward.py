@@ -1,4 +1,4 @@
-"""The degradation model ``y = PSF(L_k(x)) + n``, its adjoint, and the noise estimate.
+"""The degradation model ``y = PSF(L_k(x)) + n`` and its adjoint.
 
 ``L_k`` is a box slice profile: the block mean of ``k`` sub-voxels per LF voxel. ``PSF`` is a
 Gaussian on the LF grid (sigma in LF voxels) with edge-replicating borders, as
@@ -9,13 +9,9 @@ for anisotropic voxels and oblique affines alike.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from .errors import InvalidInputError
 
 MIN_NOISE_SIGMA = 1e-3  # normalised units: the data term's weight 1 / sigma^2 stays bounded for noise-free data
 
@@ -87,36 +83,3 @@ class Degradation:
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return self.downsample_adjoint(self.blur_adjoint(y))
-
-
-# --------------------------------------------------------------------------- noise level
-
-
-def estimate_noise_sigma(lf: np.ndarray) -> float:
-    """Noise standard deviation from the image itself (wavelet MAD, Donoho & Johnstone).
-
-    The finest diagonal Haar detail of a 2x2x2 block is almost pure noise in smooth tissue;
-    its median absolute value over the head (blocks brighter than 10% of the robust max)
-    divided by 0.6745 estimates sigma. Noise added after the PSF is white, so this holds
-    for the degradation model; negatives clipped to zero in the background are avoided by
-    staying inside the head.
-    """
-    x = np.asarray(lf, dtype=np.float64)
-    n = [s - s % 2 for s in x.shape]
-    if min(n) < 2:
-        raise InvalidInputError("image too small to estimate its noise level (needs 2 voxels per axis)")
-    x = x[: n[0], : n[1], : n[2]]
-    sign = np.ones((2, 2, 2))
-    for i in range(2):
-        for j in range(2):
-            for k in range(2):
-                sign[i, j, k] = (-1) ** (i + j + k)
-    blocks = x.reshape(n[0] // 2, 2, n[1] // 2, 2, n[2] // 2, 2).transpose(0, 2, 4, 1, 3, 5)
-    hhh = (blocks * sign).sum(axis=(3, 4, 5)) / math.sqrt(8)
-    mean = blocks.mean(axis=(3, 4, 5))
-    positive = x[x > 0]
-    if positive.size == 0:
-        return 0.0
-    head = mean > 0.1 * np.percentile(positive, 99.5)
-    values = hhh[head] if head.sum() > 64 else hhh.ravel()
-    return float(np.median(np.abs(values)) / 0.6745)

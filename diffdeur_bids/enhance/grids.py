@@ -86,6 +86,16 @@ def fidelity_grid(lf_shape, lf_affine, resolution) -> Grid:
     return subdivided_grid(lf_shape, lf_affine, k)
 
 
+def grid_in_space(grid: Grid, lf_affine) -> Grid:
+    """The same grid described in the voxel-index space of another LF grid (axis-aligned with it)."""
+    to_lf = np.linalg.inv(np.asarray(lf_affine, dtype=float)) @ grid.affine
+    if not np.allclose(to_lf[:3, :3], np.diag(np.diag(to_lf[:3, :3])), atol=1e-6):
+        raise ValueError("the grid is rotated relative to the LF grid")
+    step = tuple(float(v) for v in np.diag(to_lf[:3, :3]))
+    origin = tuple(float(v) for v in to_lf[:3, 3])
+    return Grid(grid.shape, step, origin, np.asarray(lf_affine, dtype=float))
+
+
 def resample(volume: torch.Tensor, src: Grid, dst: Grid, order: int = 1) -> torch.Tensor:
     """Values of ``volume`` (on ``src``) at the voxel centres of ``dst``; edges replicate.
 

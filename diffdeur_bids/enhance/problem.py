@@ -15,7 +15,7 @@ import torch
 
 from .errors import InvalidInputError
 from .forward import Degradation
-from .grids import Grid, fidelity_grid, lf_grid, output_grid
+from .grids import Grid, fidelity_grid, grid_in_space, lf_grid, output_grid, subdivided_grid
 from .inr import FidelityProblem
 from .prior import Prior
 from .settings import EnhanceSettings
@@ -104,12 +104,19 @@ def check_input(lf, lf_affine) -> tuple[np.ndarray, np.ndarray, dict]:
     return lf, aff, notes
 
 
-def plan_grids(lf_shape, lf_affine, resolution) -> tuple[Grid, Grid]:
-    """The output grid at ``resolution`` mm and the grid where the scan's data term is exact.
+def plan_grids(lf_shape, lf_affine, resolution, obs_shape=None, obs_affine=None) -> tuple[Grid, Grid]:
+    """The output grid at ``resolution`` mm over the scan's field of view, and the grid where the
+    data term of its observation (``obs_shape``, ``obs_affine``: the scan itself by default, or the
+    scan on its acquired grid) is exact; both in the observation's voxel-index space.
 
     Refuses grids too large to hold, before anything is allocated.
     """
     out_g = output_grid(lf_shape, lf_affine, resolution)
+    if obs_shape is not None and tuple(obs_shape) != tuple(lf_shape):
+        out_g = grid_in_space(out_g, obs_affine)
+        if out_g.subdivision is not None:  # exactly a subdivision of the acquired voxels: use it as one
+            out_g = subdivided_grid(obs_shape, obs_affine, out_g.subdivision)
+        lf_shape, lf_affine = obs_shape, obs_affine
     fid_g = fidelity_grid(lf_shape, lf_affine, resolution)
     if fid_g.subdivision == out_g.subdivision:
         fid_g = out_g

@@ -24,7 +24,10 @@ class EnhanceSettings:
     ``start_damping`` is the lambda of the start's data-consistency step (``start.py``):
     0 projects onto the prior-denoised data exactly, larger values stay nearer interpolation.
     ``average_fraction`` is the share of the last sampler levels whose estimates are averaged
-    into the result (0: the last estimate alone).
+    into the result (0: the last estimate alone). For magnitude images with air around the
+    head (``noise.rayleigh_sigma``): ``acquired_grid`` works on the grid the scan was acquired
+    on when its stored grid is finer (zero-filled k-space, ``acquisition.py``), and
+    ``rician_unbias`` removes the magnitude's noise bias before the data term.
     """
 
     method: str = "diffdeur"
@@ -42,6 +45,8 @@ class EnhanceSettings:
     sigma_end: float = 0.01
     zeta: float = 0.3
     average_fraction: float = 0.5
+    acquired_grid: bool = True
+    rician_unbias: bool = True
     noise_sigma: float | None = None
     psf_sigma: float = 0.5
     slice_profile: str = "box"
