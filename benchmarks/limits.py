@@ -32,13 +32,13 @@ from sim_lf import DEFAULT_DATA, VALIDATION_SPLIT, load_hf  # noqa: E402
 
 # The method's parts, as (label, file suffix, function name) for pstats' cumulative times.
 PARTS = [
-    ("prior denoiser (U-Net on every slice)", "enhance/prior.py", "denoise_volume"),
+    ("prior denoiser (U-Net on every slice)", "enhance/prior.py", "denoise_slices"),
     ("INR fitting (all fidelity steps)", "enhance/inr.py", "fit_inr"),
     ("  of which: INR forward renders", "enhance/inr.py", "render"),
     ("  of which: INR backward, slab by slab", "enhance/inr.py", "backprop_image_grad"),
     ("  of which: operator A (blur + block mean)", "enhance/forward.py", "__call__"),
     ("  of which: adjoint A^T", "enhance/forward.py", "adjoint"),
-    ("noise estimate", "enhance/forward.py", "estimate_noise_sigma"),
+    ("noise estimate", "enhance/noise.py", "wavelet_mad_sigma"),
     ("interpolation of the start", "enhance/grids.py", "resample"),
 ]
 
