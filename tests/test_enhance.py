@@ -330,3 +330,16 @@ def test_unknown_method_is_refused_with_the_table_of_names():
 
     with pytest.raises(ValueError, match="unknown method 'nope'; choose one of " + ", ".join(METHODS)):
         check_settings(EnhanceSettings(method="nope"))
+
+
+def test_training_writes_a_prior_that_loads_and_records_how_it_was_made(tmp_path):
+    import json
+
+    from diffdeur_bids.priors.train import TrainConfig, train_prior
+
+    volumes = [np.random.default_rng(0).random((40, 40, 40)).astype(np.float32)]
+    final = train_prior(volumes, volumes, tmp_path, TrainConfig(steps=2, batch_size=2, patch=32), torch.device("cpu"))
+    prior = read_prior(final)
+    meta = json.loads((tmp_path / "prior_metadata.json").read_text())
+    assert meta["training_steps"] == 2 and meta["parameters"] == prior.num_parameters > 500_000
+    assert prior.metadata["training_steps"] == 2 and (tmp_path / "loss_log.csv").is_file()

@@ -3,7 +3,7 @@
 The data-prior step of DiffDeuR needs ``E[x0 | x_t]`` (Tweedie's formula). In the
 variance-exploding / EDM view ``x_t = x0 + sigma * eps`` and the network trained with
 the denoising loss *is* that posterior mean, ``D(x_t; sigma)``, so no score-to-denoiser
-conversion is needed. The network is a pixel-unshuffled U-Net of about 1.5 M parameters
+conversion is needed. The network is a pixel-unshuffled U-Net of about 1.3 M parameters
 so that a whole volume of slices goes through it in seconds on two CPU cores.
 
 Every method reaches the prior through one call, ``prior.denoise(x, sigma, axis)``

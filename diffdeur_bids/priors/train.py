@@ -223,6 +223,7 @@ def train_prior(
         training_seconds=round(elapsed_before + time.time() - t0, 1),
         training_config={k: v for k, v in asdict(cfg).items() if k != "prior"},
         training_device=str(device),
+        parameters=ema.num_parameters,
         final_validation_mse=validation_loss(ema, val_batch) if val_batch is not None else None,
     )
     ema.metadata = meta
