@@ -191,19 +191,15 @@ def gaussian_filter_slices(lf: np.ndarray, sigma_px: float) -> np.ndarray:
     return gaussian_filter(lf, (sigma_px, sigma_px, 0))
 
 
-def background_sigma(lf: np.ndarray) -> float:
-    """Rayleigh noise level from the air around the head: the mode of the lowest intensities."""
-    from diffdeur_bids.enhance.noise import rayleigh_sigma
-
-    return rayleigh_sigma(lf)
-
-
 def bm3d_slices(lf: np.ndarray) -> np.ndarray | None:
+    """BM3D per slice at the noise level of the air around the head (Rayleigh mode)."""
     try:
         import bm3d
     except ImportError:
         return None
-    sigma = background_sigma(lf)
+    from diffdeur_bids.enhance.noise import rayleigh_sigma
+
+    sigma = rayleigh_sigma(lf)
     return np.stack([bm3d.bm3d(lf[..., z], sigma_psd=sigma) for z in range(lf.shape[2])], -1).astype(np.float32)
 
 
@@ -282,12 +278,17 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--app-pythonpath", help="run the app from another checkout (e.g. an earlier commit) to compare")
+    p.add_argument("--noise-only", action="store_true",
+                   help="print each scan's noise by both estimators (air's Rayleigh mode, finest wavelet detail) and stop")
     p.add_argument("--lf64", type=Path, default=None, metavar="NIFTI",
                    help="also enhance this unpaired 64 mT volume (last --quality): figure and invented-edges check")
     args = p.parse_args()
     args.out = args.out or common.default_out_dir() / "real_lf"
     pairs = load_pairs(args.data, args.pairs)
     aff = lf_affine(args.pixel_mm, args.slice_mm)
+    if args.noise_only:
+        print(noise_table(pairs))
+        return
 
     methods = {pair["name"]: {"input": pair["lf"], f"gaussian_{args.gaussian_px:g}px":
                               gaussian_filter_slices(pair["lf"], args.gaussian_px)} for pair in pairs}
@@ -336,6 +337,17 @@ def main() -> None:
     common.write_text(args.out / "real_lf.md", summary_markdown(rows, args))
     figure(registered, pairs, args.out / "real_lf.png", [f"diffdeur-{q}" for q in args.quality][-1])
     print(summary_markdown(rows, args))
+
+
+def noise_table(pairs) -> str:
+    """Both noise estimates of each 0.055 T scan, in its stored units, and how far apart they are."""
+    from diffdeur_bids.enhance.noise import rayleigh_sigma, wavelet_mad_sigma
+
+    lines = ["| pair | air (Rayleigh mode) | finest wavelet detail | ratio |", "|---|---|---|---|"]
+    for pair in pairs:
+        air, wavelet = rayleigh_sigma(pair["lf"]), wavelet_mad_sigma(pair["lf"])
+        lines.append(f"| {pair['name']} | {air:.4f} | {wavelet:.4f} | {air / wavelet:.1f} |")
+    return "\n".join(lines)
 
 
 def summary_markdown(rows, args) -> str:

@@ -70,10 +70,11 @@ def main():
         track["noise_sigma"] = args.noise_sigma
     lf, lf_aff, gt, gt_aff = simulate_lowfield(hf, hf_aff, **track, seed=0)
     resolution = tuple(float(v) for v in np.sqrt((gt_aff[:3, :3] ** 2).sum(0)))
+    prior = load_prior(args.prior) if any(METHODS[m].needs_prior for m in args.methods) else None
     for method in args.methods:
         settings = EnhanceSettings.preset(args.quality, method=method, output_resolution=resolution, device="cpu", **overrides)
         t0 = time.time()
-        res = enhance(lf, lf_aff, settings, prior=load_prior(args.prior) if METHODS[method].needs_prior else None)
+        res = enhance(lf, lf_aff, settings, prior=prior)
         s = score_volume(res.image, res.affine, gt, gt_aff, lpips=args.lpips)
         lp = f" LPIPS {s['lpips']:.3f}" if args.lpips else ""
         print(f"{method:10s} PSNR {s['psnr']:.2f} SSIM {s['ssim']:.3f}{lp} {time.time() - t0:.1f} s  {overrides}", flush=True)

@@ -10,10 +10,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .devices import describe_device, resolve_device
-from .methods import check_settings, get_method
 from .acquisition import to_acquired_grid
+from .devices import describe_device, resolve_device
 from .grids import voxel_sizes
+from .methods import check_settings, get_method
 from .noise import rayleigh_sigma, unbias_rician, wavelet_mad_sigma
 from .normalise import robust_max
 from .prior import Prior
@@ -58,7 +58,7 @@ def enhance(lf, lf_affine, settings: EnhanceSettings | None = None, prior: Prior
     if prior is not None:
         prior = prior.to(device).eval()
 
-    plan_grids(lf.shape, lf_affine, settings.output_resolution)  # refuse a grid too large before any work
+    out_g, fid_g = plan_grids(lf.shape, lf_affine, settings.output_resolution)  # refuses a grid too large, before any work
     scale = robust_max(lf)
     y, y_affine, acquisition = lf / scale, lf_affine, {}
     background_sigma = rayleigh_sigma(y)  # None unless a magnitude image with air around the head
@@ -75,7 +75,8 @@ def enhance(lf, lf_affine, settings: EnhanceSettings | None = None, prior: Prior
     if settings.rician_unbias and background_sigma is not None:
         y = unbias_rician(y, noise)
         acquisition["rician_unbiased"] = True
-    out_g, fid_g = plan_grids(lf.shape, lf_affine, settings.output_resolution, y.shape, y_affine)
+    if y.shape != lf.shape:  # on the acquired grid: the same output grid, described in that grid's voxels
+        out_g, fid_g = plan_grids(lf.shape, lf_affine, settings.output_resolution, y.shape, y_affine)
     scan = observation(y, y_affine, fid_g, noise, settings.psf_sigma, device)
 
     total = method.ticks(settings) * settings.num_samples
@@ -108,10 +109,10 @@ def enhance(lf, lf_affine, settings: EnhanceSettings | None = None, prior: Prior
         "intensity_scale": float(scale),
         "input_shape": list(lf.shape),
         "output_shape": list(out_g.shape),
-        "output_voxel_size_mm": [float(v) for v in np.sqrt((out_g.affine[:3, :3] ** 2).sum(0))],
+        "output_voxel_size_mm": [float(v) for v in voxel_sizes(out_g.affine)],
         "subdivision": list(fid_g.subdivision),
-        "prior": getattr(prior, "name", None) if prior is not None else None,
-        "weights_sha256": getattr(prior, "sha256", None) if prior is not None else None,
+        "prior": getattr(prior, "name", None),
+        "weights_sha256": getattr(prior, "sha256", None),
         "elapsed_seconds": round(time.time() - t_start, 3),
         **describe_device(device),
         **notes,

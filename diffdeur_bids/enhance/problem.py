@@ -114,8 +114,9 @@ def plan_grids(lf_shape, lf_affine, resolution, obs_shape=None, obs_affine=None)
     out_g = output_grid(lf_shape, lf_affine, resolution)
     if obs_shape is not None and tuple(obs_shape) != tuple(lf_shape):
         out_g = grid_in_space(out_g, obs_affine)
-        if out_g.subdivision is not None:  # exactly a subdivision of the acquired voxels: use it as one
-            out_g = subdivided_grid(obs_shape, obs_affine, out_g.subdivision)
+        k = out_g.subdivision
+        if k is not None and out_g.shape == tuple(n * kk for n, kk in zip(obs_shape, k)):
+            out_g = subdivided_grid(obs_shape, obs_affine, k)  # exactly the acquired voxels split: say so exactly
         lf_shape, lf_affine = obs_shape, obs_affine
     fid_g = fidelity_grid(lf_shape, lf_affine, resolution)
     if fid_g.subdivision == out_g.subdivision:
