@@ -282,8 +282,18 @@ def main() -> None:
                    help="print each scan's noise by both estimators (air's Rayleigh mode, finest wavelet detail) and stop")
     p.add_argument("--lf64", type=Path, default=None, metavar="NIFTI",
                    help="also enhance this unpaired 64 mT volume (last --quality): figure and invented-edges check")
+    p.add_argument("--lf64-only", action="store_true", help="only the 64 mT volume (no pairs)")
     args = p.parse_args()
     args.out = args.out or common.default_out_dir() / "real_lf"
+    if args.lf64_only:
+        if not args.lf64:
+            p.error("--lf64-only needs --lf64 NIFTI")
+        args.out.mkdir(parents=True, exist_ok=True)
+        lf64 = run_64mt(args.lf64, args.quality[-1], args.threads, args.out, args.app_pythonpath)
+        common.write_json(args.out / "real_lf_64mT.json", {**lf64, "provenance": common.provenance("cpu", args.threads)})
+        print(f"64 mT: {lf64['invented_edge_share']:.1%} of the output's strong edges have no input edge nearby "
+              f"({lf64['app_seconds']:.0f} s)")
+        return
     pairs = load_pairs(args.data, args.pairs)
     aff = lf_affine(args.pixel_mm, args.slice_mm)
     if args.noise_only:
@@ -308,8 +318,8 @@ def main() -> None:
                 image, prov = enhanced_on_lf_slices(out, relpaths[pair["name"]], pair["lf"].shape, aff)
                 methods[pair["name"]][f"diffdeur-{quality}"] = image
                 provenance.setdefault(pair["name"], {})[quality] = {
-                    k: prov.get(k) for k in ("NoiseSigma", "NoiseEstimator", "AcquiredShape", "AcquiredVoxelSize",
-                                             "EnhanceSeconds", "WeightsSHA256")}
+                    k: prov.get(k) for k in ("NoiseSigma", "NoiseEstimator", "NoiseSigmaAir", "NoiseSigmaTissue",
+                                             "AcquiredShape", "AcquiredVoxelSize", "EnhanceSeconds", "WeightsSHA256")}
 
     rows = []
     registered = {}
@@ -323,7 +333,8 @@ def main() -> None:
             registered[(pair["name"], z)] = (moved, pair["hf"][..., z], mask)
         for method in methods[pair["name"]]:
             mean = {k: float(np.mean([s[method][k] for s in per_slice])) for k in ("ssim", "psnr", "nmi")}
-            rows.append({"pair": pair["name"], "contrast": pair["contrast"], "method": method, **mean})
+            rows.append({"pair": pair["name"], "contrast": pair["contrast"], "method": method, **mean,
+                         "ssim_per_slice": [s[method]["ssim"] for s in per_slice]})
             print(f"{pair['name']:18s} {method:18s} SSIM {mean['ssim']:.3f} PSNR {mean['psnr']:.2f} NMI {mean['nmi']:.4f}",
                   flush=True)
 
@@ -340,13 +351,19 @@ def main() -> None:
 
 
 def noise_table(pairs) -> str:
-    """Both noise estimates of each 0.055 T scan, in its stored units, and how far apart they are."""
-    from diffdeur_bids.enhance.noise import rayleigh_sigma, wavelet_mad_sigma
+    """The noise estimates of each 0.055 T scan, in its stored units: air, wavelet detail of the stored
+    grid, and the tissue's detail on the acquired grid (where ``enhance`` estimates it)."""
+    from diffdeur_bids.enhance.acquisition import to_acquired_grid
+    from diffdeur_bids.enhance.noise import rayleigh_sigma, tissue_sigma, wavelet_mad_sigma
 
-    lines = ["| pair | air (Rayleigh mode) | finest wavelet detail | ratio |", "|---|---|---|---|"]
+    lines = ["| pair | air (Rayleigh mode) | finest wavelet detail, stored grid | air / wavelet | acquired grid | "
+             "tissue detail, acquired grid | tissue / air |", "|---|---|---|---|---|---|---|"]
     for pair in pairs:
         air, wavelet = rayleigh_sigma(pair["lf"]), wavelet_mad_sigma(pair["lf"])
-        lines.append(f"| {pair['name']} | {air:.4f} | {wavelet:.4f} | {air / wavelet:.1f} |")
+        acquired, _, _ = to_acquired_grid(pair["lf"], np.eye(4), air)
+        tissue = tissue_sigma(acquired, air, (0, 1))
+        lines.append(f"| {pair['name']} | {air:.4f} | {wavelet:.4f} | {air / wavelet:.1f} | "
+                     f"{' x '.join(map(str, acquired.shape[:2]))} | {tissue:.4f} | {tissue / air:.2f} |")
     return "\n".join(lines)
 
 
@@ -371,6 +388,14 @@ def summary_markdown(rows, args) -> str:
         cells = [np.mean([r["ssim"] for r in rows if r["method"] == m and r["contrast"] == c])
                  for c in sorted({r["contrast"] for r in rows})]
         lines.append(f"| {m} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
+    slices = len(rows[0]["ssim_per_slice"])
+    lines += ["", "SSIM change over the input per slice (mean over the pairs; the first and last slices have one "
+              "neighbour):", "", "| method | " + " | ".join(f"slice {z + 1}" for z in range(slices)) + " |",
+              "|---" * (1 + slices) + "|"]
+    for m in methods[1:]:
+        cells = [np.mean([by[(p, m)]["ssim_per_slice"][z] - by[(p, "input")]["ssim_per_slice"][z] for p in pairs])
+                 for z in range(slices)]
+        lines.append(f"| {m} | " + " | ".join(f"{v:+.3f}" for v in cells) + " |")
     return "\n".join(lines) + "\n"
 
 

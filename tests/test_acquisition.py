@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from diffdeur_bids.enhance.acquisition import acquired_band, fourier_crop, to_acquired_grid
-from diffdeur_bids.enhance.noise import rayleigh_sigma, unbias_rician, wavelet_mad_sigma
+from diffdeur_bids.enhance.noise import rayleigh_sigma, tissue_sigma, unbias_rician, wavelet_mad_sigma
 
 
 def _phantom(shape, rng) -> np.ndarray:
@@ -55,6 +55,33 @@ def test_background_noise_is_the_rayleigh_sigma_where_the_wavelet_estimate_fails
     stored, _ = zero_filled_magnitude(sigma=0.04)
     assert rayleigh_sigma(stored) == pytest.approx(0.04, rel=0.15)
     assert wavelet_mad_sigma(stored) < 0.6 * 0.04  # zero-filling hides the noise from the finest detail
+
+
+def test_tissue_noise_matches_the_air_and_finds_noise_the_air_does_not_hold():
+    rng = np.random.default_rng(3)
+    clean = _phantom((96, 96, 6), rng)
+    air = 0.03
+    thermal = clean + air * (rng.standard_normal(clean.shape) + 1j * rng.standard_normal(clean.shape))
+    assert tissue_sigma(np.abs(thermal), air, (0, 1)) == pytest.approx(air, rel=0.15)
+    extra = 0.05 * rng.standard_normal(clean.shape) * (clean > 0.3)  # noise inside the head only
+    assert tissue_sigma(np.abs(thermal) + extra, air, (0, 1)) == pytest.approx(np.hypot(air, 0.05), rel=0.15)
+    assert tissue_sigma(np.abs(thermal) * 0.01, air, (0, 1)) is None  # no tissue well above the air's noise
+
+
+def test_enhance_takes_the_tissue_noise_when_it_exceeds_the_air():
+    from diffdeur_bids.enhance import EnhanceSettings, enhance
+
+    stored, clean = zero_filled_magnitude(coarse_shape=(48, 48, 6), factor=2, sigma=0.03)
+    rng = np.random.default_rng(1)
+    coarse = fourier_crop(fourier_crop(stored, 0, 48), 1, 48)
+    coarse = coarse + 0.06 * rng.standard_normal(coarse.shape).astype(np.float32) * (coarse > 0.3)
+    settings = EnhanceSettings.preset("fast", method="linear", output_resolution=(2.0, 2.0, 4.0), device="cpu")
+    res = enhance(coarse, np.diag([2.0, 2.0, 4.0, 1.0]), settings)
+    assert res.info["noise_estimator"] == "tissue_detail"
+    assert res.info["noise_sigma_air"] == pytest.approx(0.03, rel=0.2)
+    assert res.info["noise_sigma_used"] == res.info["noise_sigma_tissue"] == pytest.approx(np.hypot(0.03, 0.06), rel=0.2)
+    white = enhance(fourier_crop(fourier_crop(stored, 0, 48), 1, 48), np.diag([2.0, 2.0, 4.0, 1.0]), settings)
+    assert white.info["noise_estimator"] == "rayleigh_background"
 
 
 def test_simulated_and_skull_stripped_scans_keep_the_wavelet_estimate():

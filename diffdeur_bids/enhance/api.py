@@ -14,7 +14,7 @@ from .acquisition import to_acquired_grid
 from .devices import describe_device, resolve_device
 from .grids import voxel_sizes
 from .methods import check_settings, get_method
-from .noise import rayleigh_sigma, unbias_rician, wavelet_mad_sigma
+from .noise import rayleigh_sigma, tissue_sigma, unbias_rician, wavelet_mad_sigma
 from .normalise import robust_max
 from .prior import Prior
 from .problem import Problem, check_input, observation, plan_grids
@@ -66,14 +66,22 @@ def enhance(lf, lf_affine, settings: EnhanceSettings | None = None, prior: Prior
         y, y_affine, bands = to_acquired_grid(y, lf_affine, background_sigma)
         acquisition = {"acquired_band": [round(b, 3) for b in bands], "acquired_shape": list(y.shape),
                        "acquired_voxel_size_mm": [float(v) for v in voxel_sizes(y_affine)]}
+    if background_sigma is not None:
+        # the air's sigma holds for the stored and the acquired voxels alike (the crop keeps the band's noise)
+        in_plane = tuple(int(a) for a in np.argsort(voxel_sizes(y_affine))[:2])
+        tissue = tissue_sigma(y, background_sigma, in_plane)
+        acquisition.update(noise_sigma_air=float(background_sigma * scale),
+                           noise_sigma_tissue=None if tissue is None else float(tissue * scale))
     if settings.noise_sigma is not None:
         noise, noise_how = settings.noise_sigma / scale, "given"
-    elif background_sigma is not None:  # of the stored voxels, whose magnitude in air is still Rayleigh
-        noise, noise_how = background_sigma, "rayleigh_background"
+    elif background_sigma is not None:
+        tissue = acquisition["noise_sigma_tissue"] or 0.0
+        noise, noise_how = ((tissue / scale, "tissue_detail") if tissue > background_sigma * scale
+                            else (background_sigma, "rayleigh_background"))
     else:
         noise, noise_how = wavelet_mad_sigma(y), "wavelet_mad"
     if settings.rician_unbias and background_sigma is not None:
-        y = unbias_rician(y, noise)
+        y = unbias_rician(y, background_sigma)  # the magnitude's bias comes from the receiver noise the air shows
         acquisition["rician_unbiased"] = True
     if y.shape != lf.shape:  # on the acquired grid: the same output grid, described in that grid's voxels
         out_g, fid_g = plan_grids(lf.shape, lf_affine, settings.output_resolution, y.shape, y_affine)

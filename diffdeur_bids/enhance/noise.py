@@ -1,12 +1,17 @@
 """The scan's noise level, from the image itself: magnitude-image background or wavelet detail.
 
-Two estimators; ``enhance`` uses the first wherever it applies, else the second:
+Three estimators; ``enhance`` uses the first two wherever the first applies, else the third:
 
 - **Rayleigh background.** A magnitude image of a real scanner keeps the noise of the air around
   the head: there the magnitude of complex Gaussian noise is Rayleigh distributed, whose mode is
   the noise ``sigma`` itself. This holds whatever the reconstruction did to the noise's spectrum
   (zero-filled k-space makes the finest detail nearly noise-free, and a wavelet estimate far too
   small), so it is used whenever such a background is there.
+- **Tissue noise** (:func:`tissue_sigma`) on the acquired grid, where the noise is white again: the
+  finest in-plane diagonal detail of the bright tissue, where the magnitude's noise is Gaussian.
+  Air holds only the receiver's thermal noise; tissue can hold more (ghosts and interference
+  along the phase-encoding direction, physiological noise), which the prior must remove as well,
+  so the larger of the two is the noise of the data term.
 - **Wavelet MAD** (Donoho & Johnstone) of the finest diagonal Haar detail inside the head, for
   images whose background is not Rayleigh: skull-stripped or clipped images, and images whose
   noise was added after the magnitude (the simulation).
@@ -80,6 +85,28 @@ def rayleigh_sigma(lf: np.ndarray) -> float | None:
     if density_low > MAX_LOW_DENSITY * smooth[mode] / (edges[1] - edges[0]):
         return None
     return sigma
+
+
+TISSUE_SNR = 5.0          # tissue: blocks brighter than this many air sigmas (Rician there is nearly Gaussian)
+MIN_TISSUE_BLOCKS = 256
+
+
+def tissue_sigma(y: np.ndarray, air_sigma: float, plane: tuple[int, int]) -> float | None:
+    """Noise sigma of the bright tissue from its finest diagonal Haar detail in the ``plane`` axes.
+
+    ``y`` is on a grid where the noise is white (the acquired grid); ``plane`` holds the two
+    finely sampled axes, since across thick slices the detail is anatomy, not noise. Blocks
+    brighter than ``TISSUE_SNR`` air sigmas count; None when too few are there.
+    """
+    a, b = plane
+    x = np.moveaxis(np.asarray(y, dtype=np.float64), (a, b), (0, 1))
+    n0, n1 = x.shape[0] - x.shape[0] % 2, x.shape[1] - x.shape[1] % 2
+    x = x[:n0, :n1].reshape(n0 // 2, 2, n1 // 2, 2, -1)
+    diagonal = (x[:, 0, :, 0] - x[:, 0, :, 1] - x[:, 1, :, 0] + x[:, 1, :, 1]) / 2.0
+    tissue = x.mean(axis=(1, 3)) > TISSUE_SNR * air_sigma
+    if np.count_nonzero(tissue) < MIN_TISSUE_BLOCKS:
+        return None
+    return float(np.median(np.abs(diagonal[tissue])) / 0.6745)
 
 
 def unbias_rician(lf: np.ndarray, sigma: float) -> np.ndarray:
