@@ -13,7 +13,8 @@ Imports run one way: ``problem`` <- ``hqs`` <- ``baselines``, ``start``, ``diffd
 
 from .api import EnhanceResult, enhance
 from .devices import resolve_device
-from .errors import CheckpointError, DeviceError, EnhanceError, InvalidInputError, MissingDependencyError
+from .errors import (CheckpointError, DeviceError, EnhanceError, InvalidInputError, MissingDependencyError,
+                     RegistrationError)
 from .grids import Grid, output_grid
 from .methods import METHODS, Method, check_settings, get_method
 from .prior import Prior, PriorConfig
@@ -23,5 +24,5 @@ from .settings import PRESETS, EnhanceSettings
 __all__ = [
     "CheckpointError", "DeviceError", "EnhanceError", "EnhanceResult", "EnhanceSettings", "Grid",
     "InvalidInputError", "MAX_OUTPUT_VOXELS", "METHODS", "Method", "MissingDependencyError", "PRESETS", "Prior",
-    "PriorConfig", "check_settings", "enhance", "get_method", "output_grid", "resolve_device",
+    "PriorConfig", "RegistrationError", "check_settings", "enhance", "get_method", "output_grid", "resolve_device",
 ]

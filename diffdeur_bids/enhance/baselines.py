@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .alignment import align_and_fuse
 from .errors import MissingDependencyError
 from .forward import MIN_NOISE_SIGMA
 from .grids import resample
@@ -53,8 +54,11 @@ def run_cubic_bm3d(p: Problem) -> torch.Tensor:
 
 
 def run_inr(p: Problem) -> torch.Tensor:
-    """INR fitted to the LF data alone through the degradation model (IREM-like: no learned prior)."""
-    s, obs = p.settings, p.scan
+    """INR fitted to the LF data alone through the degradation model (IREM-like: no learned prior);
+    several stacks are aligned first (``alignment.py``) and fitted together."""
+    s, obs = p.settings, p.reference
+    if p.fused:
+        align_and_fuse(p, [o.y for o in p.observations])
     inr = make_inr(obs.y.shape, obs.fid_grid, p.out_grid, p.device, init_value=float(obs.y.mean()))
     opt = make_optimizer(inr, s.inr_lr)
     fit_inr(inr, p.fidelity(), opt, s.inr_init_iters + s.steps * s.inr_iters)

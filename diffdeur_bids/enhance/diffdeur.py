@@ -9,6 +9,10 @@ steps of the INR on
 
 warm-started from the previous level: DiffPIR's form of the poster's ``mu * sigma_t^2``
 weighting, with both terms divided by ``sigma_t^2``.
+
+Several stacks: the data term sums over them (``fusion.py``), the start aligns and fuses them
+(``alignment.py``), and from the middle of the schedule on the stacks' motions are optimised
+with the INR (as slice-to-volume reconstruction refines its slices' positions).
 """
 
 from __future__ import annotations
@@ -16,14 +20,17 @@ from __future__ import annotations
 import torch
 
 from .forward import MIN_NOISE_SIGMA
-from .hqs import sample_problem
+from .hqs import karras_sigmas, sample_problem
 from .inr import fit_inr, make_inr, make_optimizer, render
 from .problem import Problem
 from .start import data_consistent_start
 
 
+MOTION_LR = 0.01  # deg / mm per INR step while the motions are refined
+
+
 def run_diffdeur(p: Problem) -> torch.Tensor:
-    s, obs = p.settings, p.scan
+    s, obs = p.settings, p.reference
     fid = p.fidelity()
     inr = make_inr(obs.y.shape, obs.fid_grid, p.out_grid, p.device, init_value=float(obs.y.mean()))
     opt = make_optimizer(inr, s.inr_lr)
@@ -32,8 +39,19 @@ def run_diffdeur(p: Problem) -> torch.Tensor:
     x0 = render(inr, p.out_grid, p.device)
     p.tick()
 
+    sigmas = karras_sigmas(s.steps, s.sigma_start, s.sigma_end)
+    refine_from = sigmas[len(sigmas) // 2] if p.fused and s.steps > 1 else -1.0
+
+    refining = []
+
     def inr_prox(z, sigma, _previous):
+        if sigma <= refine_from and not refining:
+            fid.refine_motion(opt, MOTION_LR)
+            refining.append(sigma)
         fit_inr(inr, fid, opt, s.inr_iters, z=z, rho=s.mu / sigma**2)
         return render(inr, p.out_grid, p.device)
 
-    return sample_problem(p, inr_prox, x0)
+    x = sample_problem(p, inr_prox, x0)
+    if p.fused:
+        p.notes["refined_motions"] = [o.operator.motion().round(6).tolist() for o in p.observations]
+    return x

@@ -19,3 +19,11 @@ class DeviceError(EnhanceError):
 
 class MissingDependencyError(EnhanceError, ImportError):
     """An optional package (e.g. bm3d) is needed for the requested method."""
+
+
+class RegistrationError(EnhanceError):
+    """Stacks meant to be fused could not be aligned; ``stacks`` holds what registration found for each."""
+
+    def __init__(self, message: str, stacks: list[dict]):
+        super().__init__(message)
+        self.stacks = stacks

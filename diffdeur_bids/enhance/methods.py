@@ -1,8 +1,9 @@
 """The one table of methods: every name the settings, the CLI and the benchmark accept is here.
 
 A method is a function ``Problem -> image on the output grid`` (normalised units) plus what the
-caller must know about it: whether it needs a prior, and how many progress ticks (``p.tick()``)
-one sample makes. Adding a method is adding one entry to :data:`METHODS`.
+caller must know about it: whether it needs a prior, how many progress ticks (``p.tick()``)
+one sample makes, and whether it fuses several stacks (``Problem.observations``) into one
+volume. Adding a method is adding one entry to :data:`METHODS`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Method:
     run: Callable[[Problem], torch.Tensor]
     needs_prior: bool
     ticks: Callable[[EnhanceSettings], int]  # progress ticks of one sample
+    fuses_stacks: bool = False
 
 
 def _once(settings: EnhanceSettings) -> int:
@@ -32,11 +34,11 @@ def _once(settings: EnhanceSettings) -> int:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("diffdeur", run_diffdeur, True, lambda s: s.steps + 1),
+    Method("diffdeur", run_diffdeur, True, lambda s: s.steps + 1, fuses_stacks=True),
     Method("linear", baselines.run_linear, False, _once),
     Method("cubic", baselines.run_cubic, False, _once),
     Method("cubic_bm3d", baselines.run_cubic_bm3d, False, _once),
-    Method("inr", baselines.run_inr, False, _once),
+    Method("inr", baselines.run_inr, False, _once, fuses_stacks=True),
     Method("dps", baselines.run_dps, True, lambda s: s.dps_steps),
     Method("prior_cf", baselines.run_prior_closed_form, True, lambda s: s.steps),
     Method("start", run_start, True, _once),

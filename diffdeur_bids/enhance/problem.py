@@ -15,10 +15,12 @@ import torch
 
 from .errors import InvalidInputError
 from .forward import Degradation
+from .fusion import StacksFidelity
 from .grids import Grid, fidelity_grid, grid_in_space, lf_grid, output_grid, subdivided_grid
 from .inr import FidelityProblem
 from .prior import Prior
 from .settings import EnhanceSettings
+from .stacks import StackOperator
 
 MAX_OUTPUT_VOXELS = 2**28  # ~268 M voxels (640^3): beyond this, refuse rather than run out of memory
 
@@ -27,15 +29,17 @@ MAX_OUTPUT_VOXELS = 2**28  # ~268 M voxels (640^3): beyond this, refuse rather t
 class Observation:
     """One LF scan: data ``y`` on ``grid``, its noise level, and ``operator`` from ``fid_grid`` to ``grid``.
 
-    ``fid_grid`` splits the scan's voxels at least as finely as the output grid, so the box
-    slice profile is an exact block mean there; it is the output grid itself when that one
-    splits the LF voxels into whole sub-voxels.
+    Alone, ``fid_grid`` splits the scan's voxels at least as finely as the output grid, so the
+    box slice profile is an exact block mean there (a :class:`Degradation`); it is the output
+    grid itself when that one splits the LF voxels into whole sub-voxels. One of several fused
+    stacks sees the output grid through its motion (a :class:`StackOperator`; ``fid_grid`` is
+    the output grid).
     """
 
     y: torch.Tensor
     grid: Grid
     fid_grid: Grid
-    operator: Degradation
+    operator: Degradation | StackOperator
     noise_sigma: float
 
 
@@ -50,6 +54,7 @@ class Problem:
     prior: Prior | None
     generator: torch.Generator
     tick: Callable[[], None] = field(default=lambda: None)
+    notes: dict = field(default_factory=dict)  # what a method found on the way (the stacks' registration)
 
     @property
     def scan(self) -> Observation:
@@ -59,7 +64,19 @@ class Problem:
                                     f"got {len(self.observations)}")
         return self.observations[0]
 
-    def fidelity(self) -> FidelityProblem:
+    @property
+    def reference(self) -> Observation:
+        """The stack whose field of view the output grid covers (the scan itself when alone)."""
+        return self.observations[0]
+
+    @property
+    def fused(self) -> bool:
+        return len(self.observations) > 1
+
+    def fidelity(self) -> FidelityProblem | StacksFidelity:
+        if self.fused:
+            obs = self.observations
+            return StacksFidelity([o.y for o in obs], [o.operator for o in obs], [o.noise_sigma for o in obs], self.out_grid)
         obs = self.scan
         return FidelityProblem(obs.y, obs.operator, obs.noise_sigma, obs.fid_grid, self.out_grid)
 
@@ -133,3 +150,10 @@ def observation(y: np.ndarray, lf_affine, fid_g: Grid, noise_sigma: float, psf_s
     """One scan in normalised units as the methods see it."""
     y_t = torch.from_numpy(np.ascontiguousarray(y)).to(device)
     return Observation(y_t, lf_grid(y.shape, lf_affine), fid_g, Degradation(fid_g.subdivision, psf_sigma), noise_sigma)
+
+
+def stack_observation(y: np.ndarray, affine, out_g: Grid, noise_sigma: float, psf_sigma, centre, device) -> Observation:
+    """One of several fused stacks in normalised units: seen from the output grid through its motion."""
+    y_t = torch.from_numpy(np.ascontiguousarray(y)).to(device)
+    operator = StackOperator(out_g, y.shape, affine, psf_sigma, centre, device)
+    return Observation(y_t, lf_grid(y.shape, affine), out_g, operator, noise_sigma)

@@ -12,6 +12,9 @@ regularised least-squares step
 the minimiser of ``||x - c||^2 + (K / lambda) ||A x - z_y||^2``. ``lambda = 0`` projects
 onto the denoised data exactly; larger values stay nearer ``c`` and amplify less of the noise
 left in ``z_y`` (``start_damping``; its value is chosen in ``benchmarks/README.md``).
+
+Several stacks (:func:`aligned_fused_start`): each is denoised on its own slices, then aligned
+and combined by ``alignment.align_and_fuse``, the same minimisation through every operator.
 """
 
 from __future__ import annotations
@@ -19,16 +22,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .alignment import align_and_fuse
 from .grids import resample, voxel_sizes
 from .linalg import conjugate_gradient
-from .problem import Problem
+from .problem import Observation, Problem
 
 PROJECTION_ITERS = 30
 
 
-def denoise_lf(p: Problem) -> torch.Tensor:
+def denoise_lf(p: Problem, obs: Observation | None = None) -> torch.Tensor:
     """``D(y; sigma_n)`` on the LF slices across the thickest voxel axis (``y`` if noise-free)."""
-    obs = p.scan
+    obs = obs or p.scan
     if p.prior is None or obs.noise_sigma < p.prior.sigma_min:
         return obs.y
     axis = int(np.argmax(voxel_sizes(obs.grid.lf_affine)))
@@ -43,8 +47,15 @@ def damped_projection(operator, start: torch.Tensor, data: torch.Tensor, damping
     return start + operator.adjoint(u)
 
 
+def aligned_fused_start(p: Problem) -> torch.Tensor:
+    """Several stacks: denoise each on its own slices, align them, start from their joint data-consistent image."""
+    return align_and_fuse(p, [denoise_lf(p, obs) for obs in p.observations])
+
+
 def data_consistent_start(p: Problem) -> torch.Tensor:
     """The start image on the output grid (DiffDeuR's INR is then fitted towards it)."""
+    if p.fused:
+        return aligned_fused_start(p)
     obs = p.scan
     z_y = denoise_lf(p)
     cubic = resample(z_y, obs.grid, obs.fid_grid, order=3).clamp_min(0)

@@ -205,3 +205,16 @@ def read_png_rgb(path) -> np.ndarray:
     with Image.open(path) as im:
         rgb = np.asarray(im.convert("RGB"), dtype=np.float32)
     return rgb / 127.5 - 1.0
+
+
+def registration_error(estimated, true, centre, cube_mm: float = 160.0) -> dict:
+    """sim-lf-v2's registration score of one estimated 4 x 4 world transform against the simulated one:
+    the largest displacement between them at the corners of a ``cube_mm`` cube about ``centre`` (mm),
+    and the angle of the rotation between them (degrees)."""
+    half = cube_mm / 2.0
+    corners = np.array([[sx, sy, sz] for sx in (-half, half) for sy in (-half, half) for sz in (-half, half)])
+    pts = np.c_[corners + np.asarray(centre, dtype=float), np.ones(8)].T
+    displacement = np.linalg.norm((np.asarray(estimated) @ pts - np.asarray(true) @ pts)[:3], axis=0).max()
+    r = np.asarray(estimated)[:3, :3] @ np.asarray(true)[:3, :3].T
+    angle = np.degrees(np.arccos(np.clip((np.trace(r) - 1) / 2, -1, 1)))
+    return {"corner_mm": float(displacement), "angle_deg": float(angle)}

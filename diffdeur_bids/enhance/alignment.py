@@ -1,0 +1,84 @@
+"""Several stacks into one start: register their motions, then one damped least-squares step through all.
+
+The motions are registered (``registration.py``) to the reconstruction so far: first the
+reference's cubic interpolation, then the fused image itself. The fused image minimises
+
+    ||x - c||^2 + sum_j (K_j / lambda) (sigma_ref / sigma_j)^2 ||A_j x - z_j||^2
+
+(``c`` the reference's interpolation, ``z_j`` stack ``j``'s data, ``K_j`` its points per voxel,
+``lambda`` the start's damping): for one stack, the start's projection step (``start.py``).
+A registration that fails (a motion beyond ``MAX_ROTATION_DEG`` / ``MAX_TRANSLATION_MM``, or a
+stack whose signal the reference's interpolation explains less than ``MIN_EXPLAINED`` of) raises
+:class:`RegistrationError`, so nothing is fused misaligned.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import RegistrationError
+from .grids import resample
+from .linalg import conjugate_gradient
+from .problem import Problem
+from .registration import LEVELS, register
+from .rigid import rotation_deg, translation_mm
+
+PROJECTION_ITERS = 30
+ALIGN_ROUNDS = 2           # register to the reference's interpolation, then to the fused image
+MAX_ROTATION_DEG = 15.0    # a registered motion beyond these is a failed registration
+MAX_TRANSLATION_MM = 20.0
+MIN_EXPLAINED = 0.9        # share of a stack's signal variance the reference's interpolation must explain
+
+
+def fused_projection(p: Problem, start: torch.Tensor, zs: list[torch.Tensor], iters: int = PROJECTION_ITERS):
+    """``argmin ||x - start||^2 + sum_j w_j ||A_j x - z_j||^2`` over every stack, by conjugate gradients."""
+    ref_var = p.reference.noise_sigma ** 2
+    weights = [float(np.prod(o.operator.k)) / max(p.settings.start_damping, 1e-6) * ref_var / max(o.noise_sigma**2, 1e-12)
+               for o in p.observations]
+    ops = [o.operator for o in p.observations]
+
+    def normal(v):
+        return v + sum(w * op.adjoint(op(v)) for w, op in zip(weights, ops))
+
+    b = start + sum(w * op.adjoint(z) for w, op, z in zip(weights, ops, zs))
+    return conjugate_gradient(normal, b, start, iters=iters)
+
+
+def align_stacks(p: Problem, x: torch.Tensor, zs: list[torch.Tensor], levels=LEVELS, min_explained: float = 0.0) -> list[dict]:
+    """Register every stack but the reference to ``x``; raise :class:`RegistrationError` when one fails
+    (a motion beyond the limits, or less than ``min_explained`` of the stack's signal variance, its
+    variance less the noise's, explained by ``x`` seen through the stack)."""
+    found = [{"reference": True}]
+    for obs, z in zip(p.observations[1:], zs[1:]):
+        quality = register(obs.operator, x, z, levels)
+        motion = obs.operator.motion()
+        noise_var = obs.noise_sigma ** 2 if z is obs.y else 0.0  # data denoised by the prior: little noise left
+        signal_var = max(float(z.var()) - noise_var, 1e-12)
+        explained = 1.0 - max(quality.residual_rms ** 2 - noise_var, 0.0) / signal_var
+        found.append({"reference": False, "ncc": round(quality.ncc, 4), "explained": round(explained, 4),
+                      "gain": round(quality.gain, 4),
+                      "rotation_deg": round(rotation_deg(motion), 3),
+                      "translation_mm": round(translation_mm(motion, obs.operator.centre), 3),
+                      "motion": motion.round(6).tolist()})
+    bad = [i for i, f in enumerate(found) if not f["reference"] and (
+        f["rotation_deg"] > MAX_ROTATION_DEG or f["translation_mm"] > MAX_TRANSLATION_MM
+        or f["explained"] < min_explained)]
+    if bad:
+        raise RegistrationError(
+            "stack(s) " + ", ".join(str(i) for i in bad) + " could not be aligned with the reference: "
+            + "; ".join(f"stack {i}: rotation {found[i]['rotation_deg']:.1f} deg, translation "
+                        f"{found[i]['translation_mm']:.1f} mm, {found[i]['explained']:.0%} of its signal explained" for i in bad)
+            + f" (limits {MAX_ROTATION_DEG:g} deg, {MAX_TRANSLATION_MM:g} mm, {min_explained:.0%})", found)
+    return found
+
+
+def align_and_fuse(p: Problem, zs: list[torch.Tensor]) -> torch.Tensor:
+    """Align every stack's data ``zs`` and fuse them on the output grid; the registration goes to ``p.notes``."""
+    c = resample(zs[0], p.reference.grid, p.out_grid, order=3).clamp_min(0)
+    x = c
+    for round_ in range(ALIGN_ROUNDS):
+        first = round_ == 0  # against the reference alone: a stack that does not match it is refused here
+        p.notes["stacks"] = align_stacks(p, x, zs, LEVELS if first else LEVELS[1:], MIN_EXPLAINED if first else 0.0)
+        x = fused_projection(p, c, zs)
+    return x

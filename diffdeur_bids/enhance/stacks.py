@@ -1,0 +1,90 @@
+"""One thick-slice stack seen from the output grid: the degradation operator of a fused reconstruction.
+
+Stack ``j`` (its own shape and affine, in any orientation) sees the head moved by a rigid ``T_j``
+(``rigid.py``): the stack voxel at world point ``w`` reads the volume at ``T_j^-1 w``. Its
+operator is
+
+    A_j x = PSF_j( L_j( x sampled at the stack's sub-voxel points ) )
+
+where the sub-voxel points split every stack voxel into ``k`` points per axis (``k`` per axis at
+least the voxel's size over the output's), ``L_j`` is their mean (the box profile along all three
+axes of the stack, in its own orientation) and ``PSF_j`` the in-plane Gaussian on the stack's
+grid (none across thick slices). ``x`` is the output-grid image, read between its voxel centres
+by trilinear interpolation (its edge voxels extended outwards): the operator is exact for that
+continuous image. The adjoint is the operator's own vector-Jacobian product, so it is exact by
+construction (``tests/test_stacks.py`` checks the dot product), and the same graph gives the
+gradient with respect to the six motion parameters for refining them during the fit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .forward import Degradation
+from .grids import Grid, subdivided_grid, voxel_sizes
+from .rigid import rigid_matrix
+
+THICK_RATIO = 1.5  # an axis whose voxel is this many times the finest is a slice axis: no PSF across it
+
+_XYZ = np.eye(4)[[2, 1, 0, 3]]  # (i, j, k, 1) <-> (x, y, z, 1) of grid_sample (its x runs along the last axis)
+
+
+def _to_normalised(shape) -> np.ndarray:
+    """Voxel index -> grid_sample's [-1, 1] coordinates (align_corners=True), in index order."""
+    m = np.eye(4)
+    for axis, n in enumerate(shape):
+        m[axis, axis] = 2.0 / max(n - 1, 1)
+        m[axis, 3] = -1.0
+    return m
+
+
+def sub_voxels(voxel_mm, out_voxel_mm) -> tuple[int, int, int]:
+    """Points per stack voxel along each of its axes: at least as fine as the output grid."""
+    return tuple(int(max(1, np.ceil(v / o - 1e-3))) for v, o in zip(voxel_mm, out_voxel_mm))
+
+
+class StackOperator:
+    """``A_j``: from the output-grid image to one stack's voxels, through the stack's motion ``params``."""
+
+    def __init__(self, out_grid: Grid, shape, affine, psf_sigma: float, centre, device, samples=None):
+        self.shape = tuple(int(n) for n in shape)
+        self.affine = np.asarray(affine, dtype=float)
+        vox = voxel_sizes(self.affine)
+        self.k = tuple(samples) if samples is not None else sub_voxels(vox, voxel_sizes(out_grid.affine))
+        psf = [psf_sigma if v <= THICK_RATIO * vox.min() else 0.0 for v in vox]
+        self.degradation = Degradation(self.k, psf)
+        self.fine = subdivided_grid(self.shape, self.affine, self.k)
+        self.out_shape = tuple(out_grid.shape)
+        self.centre = np.asarray(centre, dtype=float)
+        self.device = device
+        self.params = torch.zeros(6, dtype=torch.float64)  # rotation vector (degrees), translation (mm)
+        # grid_sample's coordinates: fine-grid [-1, 1] -> world (before the motion), world -> output [-1, 1] (after)
+        self._before = torch.from_numpy(self.fine.affine @ np.linalg.inv(_to_normalised(self.fine.shape)) @ _XYZ)
+        self._after = torch.from_numpy(_XYZ @ _to_normalised(self.out_shape) @ np.linalg.inv(out_grid.affine))
+
+    def motion(self) -> np.ndarray:
+        """The stack's current rigid transform (4 x 4, world mm)."""
+        return rigid_matrix(self.params.detach(), self.centre).numpy()
+
+    def _theta(self) -> torch.Tensor:
+        t = rigid_matrix(self.params, self.centre)
+        r, shift = t[:3, :3], t[:3, 3]
+        inverse = torch.cat([torch.cat([r.T, (-r.T @ shift).unsqueeze(1)], 1), t[3:]], 0)
+        return (self._after @ inverse @ self._before)[:3].float().to(self.device)[None]
+
+    def sample(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` at the stack's sub-voxel points (the fine grid ``self.fine``)."""
+        grid = F.affine_grid(self._theta(), (1, 1, *self.fine.shape), align_corners=True)
+        return F.grid_sample(x[None, None], grid, mode="bilinear", padding_mode="border", align_corners=True)[0, 0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.degradation(self.sample(x))
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """``A_j^T y`` on the output grid (the operator is linear in ``x``)."""
+        with torch.enable_grad():
+            x = torch.zeros(self.out_shape, device=y.device, requires_grad=True)
+            (grad,) = torch.autograd.grad(self(x), x, y)
+        return grad
