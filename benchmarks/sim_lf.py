@@ -39,11 +39,16 @@ VALIDATION_SPLIT = {
         "hf/1mm/cstar_stroke_FLAIR_brain_1mm.nii.gz",
     ],
 }
-MNI_RESOLUTION = {"2mm": 2, "1mm": 1}  # the template stands in for each track's HF data
+VALIDATION_SPLIT["stacks"] = VALIDATION_SPLIT["1mm"]  # sim-lf-v2: three moved stacks of each 1 mm volume
+MNI_RESOLUTION = {"2mm": 2, "1mm": 1, "stacks": 1}  # the template stands in for each track's HF data
+# the stacks track: the reference stack alone (plain names), all three stacks interpolated through their headers and
+# averaged (no motion correction), and the methods that fuse the stacks ("@fused")
+STACK_METHODS = ["linear", "cubic", "mean_of_stacks", "inr@fused", "diffdeur-default", "diffdeur-default@fused"]
+FUSED = "@fused"
 DEFAULT_METHODS = ["linear", "cubic", "cubic_bm3d", "inr", "dps", "prior_cf",
                    "diffdeur-fast", "diffdeur-default", "diffdeur-best"]
 DEFAULT_DATA = common.REPO.parent / "shared" / "data"
-PROTOCOL = "sim-lf-v1"
+PROTOCOL = "sim-lf-v1 (tracks 2mm, 1mm) and sim-lf-v2 (track stacks)"
 
 
 # --------------------------------------------------------------------------- command line
@@ -58,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--volumes", type=int, default=None, help="first N volumes per track (default: all)")
     p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
                    help="method names; diffdeur-<preset> picks a quality preset (default: all)")
+    p.add_argument("--stack-methods", nargs="+", default=STACK_METHODS,
+                   help="the stacks track's rows: NAME on the reference stack alone, NAME@fused on all three, "
+                        "mean_of_stacks (default: %(default)s)")
     p.add_argument("--dps-steps", type=int, default=50, help="DPS steps (default: %(default)s)")
     p.add_argument("--steps", type=int, default=None, help="override the preset's prior steps (smoke runs)")
     p.add_argument("--crop", type=int, default=None, help="crop each HF volume to N voxels per axis (smoke runs)")
@@ -66,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="noise draw of the simulation and the methods' seed")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: benchmarks/results/<date>)")
     args = p.parse_args(argv)
-    check_methods(p, args.methods)
+    check_methods(p, args.methods + [m.removesuffix(FUSED) for m in args.stack_methods if m != "mean_of_stacks"])
     args.out = args.out or common.default_out_dir()
     return args
 
@@ -145,10 +153,16 @@ def centre_crop(data: np.ndarray, affine: np.ndarray, n: int | None):
 
 
 def simulate(vol: dict, track: str, args) -> dict:
-    """Protocol steps 1-8 for one volume: LF scan, its affine, and the GT it is scored against."""
-    from diffdeur_bids.evaluation.protocol import TRACKS, simulate_lowfield
+    """Protocol steps 1-8 for one volume: LF scan, its affine, and the GT it is scored against
+    (the stacks track: sim-lf-v2's three stacks, the reference one as ``lf``)."""
+    from diffdeur_bids.evaluation.protocol import TRACKS, simulate_lowfield, simulate_stacks
 
     hf, aff = centre_crop(*load_hf(vol), args.crop)
+    if track == "stacks":
+        sim = simulate_stacks(hf, aff, seed=args.seed)
+        ref = sim["stacks"][0]
+        return {**sim, "lf": ref["lf"], "lf_affine": ref["affine"],
+                "voxel_mm": tuple(float(v) for v in np.sqrt((sim["gt_affine"][:3, :3] ** 2).sum(0)))}
     lf, lf_aff, gt, gt_aff = simulate_lowfield(hf, aff, **TRACKS[track], seed=args.seed)
     return {"lf": lf, "lf_affine": lf_aff, "gt": gt, "gt_affine": gt_aff,
             "voxel_mm": tuple(float(v) for v in np.sqrt((gt_aff[:3, :3] ** 2).sum(0)))}
@@ -158,12 +172,51 @@ def simulate(vol: dict, track: str, args) -> dict:
 
 
 def make_job(name: str, sim: dict, args) -> dict:
-    """What the child process needs: the LF scan and settings that write on the GT grid."""
-    method, preset = common.parse_method(name)
+    """What the child process needs: the LF scan (or all stacks, for NAME@fused) and settings that write on
+    the GT grid."""
+    method, preset = common.parse_method(name.removesuffix(FUSED))
     settings = dict(method=method, output_resolution=sim["voxel_mm"], device=args.device, seed=args.seed,
                     dps_steps=args.dps_steps, steps=args.steps, threads=args.threads)
-    return {"preset": preset, "settings": settings, "lf": sim["lf"], "lf_affine": sim["lf_affine"],
-            "threads": args.threads}
+    lf, lf_affine = sim["lf"], sim["lf_affine"]
+    if name.endswith(FUSED):
+        lf, lf_affine = [s["lf"] for s in sim["stacks"]], [s["affine"] for s in sim["stacks"]]
+    return {"preset": preset, "settings": settings, "lf": lf, "lf_affine": lf_affine, "threads": args.threads}
+
+
+def mean_of_stacks(sim: dict) -> dict:
+    """Every stack interpolated (linear) onto the GT grid through its header, averaged: no motion correction."""
+    import time
+
+    from diffdeur_bids.evaluation.metrics import resample_to_grid
+
+    t0 = time.perf_counter()
+    image = np.mean([resample_to_grid(s["lf"], s["affine"], sim["gt"].shape, sim["gt_affine"]) for s in sim["stacks"]], 0)
+    return {"image": image.astype(np.float32), "affine": sim["gt_affine"], "info": {}, "seconds": time.perf_counter() - t0,
+            "prior_load_seconds": 0.0, "peak_rss_mb": None, "rss_before_method_mb": None, "ru_maxrss_mb": None,
+            "peak_gpu_mb": None, "threads": None}
+
+
+def run_one(name: str, sim: dict, args) -> dict:
+    return mean_of_stacks(sim) if name == "mean_of_stacks" else common.run_in_fresh_process(make_job(name, sim, args))
+
+
+def registration_scores(run: dict, sim: dict) -> list[dict] | None:
+    """Each later stack's estimated motion against the simulated one, after the start's registration and after
+    the refinement during the fit (sim-lf-v2's corner displacement and angle)."""
+    from diffdeur_bids.evaluation.metrics import registration_error
+
+    found = (run.get("info") or {}).get("stacks")
+    if not found:
+        return None
+    ref = sim["stacks"][0]
+    centre = (ref["affine"] @ np.r_[(np.asarray(ref["lf"].shape) - 1) / 2.0, 1.0])[:3]
+    out = []
+    for truth, est in zip(sim["stacks"][1:], found[1:]):
+        row = {"stack": truth["name"], "registered": registration_error(np.array(est["motion"]), truth["motion"], centre)}
+        if est.get("refined_motion"):
+            row["refined"] = registration_error(np.array(est["refined_motion"]), truth["motion"], centre)
+        out.append(row)
+    return out
 
 
 def score(run: dict, sim: dict) -> dict:
@@ -185,16 +238,29 @@ def record(vol_name: str, run: dict, scores: dict | None) -> dict:
     return entry
 
 
+def _registration_summary(entries) -> str:
+    """The worst corner displacement and angle over every stack and volume, registered / refined."""
+    cells = []
+    for stage in ("registered", "refined"):
+        rows = [r[stage] for e in entries for r in (e.get("registration") or []) if stage in r]
+        if rows:
+            cells.append(f"{stage}: max {max(r['corner_mm'] for r in rows):.2f} mm, {max(r['angle_deg'] for r in rows):.2f} deg")
+    return "; ".join(cells)
+
+
 # --------------------------------------------------------------------------- example slices
 
 
-def coronal_slice(volume: np.ndarray, sim: dict) -> np.ndarray:
-    """The aligned [0, 1] coronal slice through the middle of the scored box.
+def coronal_slice(volume: np.ndarray, sim: dict, affine=None) -> np.ndarray:
+    """The aligned [0, 1] coronal slice through the middle of the scored box (``volume`` on the GT grid, or
+    on the grid of ``affine``).
 
     Coronal, not axial: it shows the through-plane axis (z), the one every track degrades most.
     """
-    from diffdeur_bids.evaluation.metrics import align_intensity, bounding_box, score_mask
+    from diffdeur_bids.evaluation.metrics import align_intensity, bounding_box, resample_to_grid, score_mask
 
+    if affine is not None:
+        volume = resample_to_grid(volume, affine, sim["gt"].shape, sim["gt_affine"])
     mask = score_mask(sim["gt"])
     box = bounding_box(mask)
     y = (box[1].start + box[1].stop) // 2
@@ -261,8 +327,10 @@ def markdown(args, prov, notes, vols, results) -> str:
              "torch included (see `rss_before_method_mb` in the JSON); mean ± std over volumes (sample std)"]
     lines += [f"- note: {n}" for n in notes]
     for track, methods in summ.items():
-        t = TRACKS[track]
-        lines += ["", f"## Track {track}: k = {t['k']}, PSF sigma {t['psf_sigma']}, noise {t['noise_sigma']}; "
+        t = TRACKS.get(track)
+        what = (f"k = {t['k']}, PSF sigma {t['psf_sigma']}, noise {t['noise_sigma']}" if t else
+                "sim-lf-v2, three stacks (axi reference, cor, sag) 1.5 x 1.5 x 5 mm, motion up to 3 deg / 2 mm, noise 0.04")
+        lines += ["", f"## Track {track}: {what}; "
                       f"{len(vols[track])} volume(s): {', '.join(v['name'] for v in vols[track])}", "",
                   "| method | PSNR (dB) | SSIM | LPIPS | s/volume | peak MB |" + (" peak GPU MB |" if gpu else ""),
                   "|---|---|---|---|---|---|" + ("---|" if gpu else "")]
@@ -271,6 +339,9 @@ def markdown(args, prov, notes, vols, results) -> str:
                    f"{_fmt(s['seconds'], 1)} | {_fmt(s['peak_rss_mb'], 0)} |")
             row += f" {_fmt(s['peak_gpu_mb'], 0)} |" if gpu else ""
             lines.append(row + (f" ({s['failed']} failed)" if s["failed"] else ""))
+        for name, entries in results[track].items():
+            if any(e.get("registration") for e in entries):
+                lines.append(f"\nRegistration of {name} (error against the simulated motions): {_registration_summary(entries)}")
     return "\n".join(lines) + "\n"
 
 
@@ -346,7 +417,7 @@ def main(argv=None) -> int:
     prov = common.provenance(args.device, args.threads)
     for n in notes:
         print(f"note: {n}", flush=True)
-    results = {t: {m: [] for m in methods} for t in vols}
+    results = {t: {m: [] for m in (args.stack_methods if t == "stacks" else methods)} for t in vols}
     examples = {}
     for track, track_vols in vols.items():
         for i, vol in enumerate(track_vols):
@@ -354,14 +425,16 @@ def main(argv=None) -> int:
             print(f"[{track}] {vol['name']}: LF {sim['lf'].shape} -> GT {sim['gt'].shape}", flush=True)
             if i == 0:
                 examples[track] = {"panels": {"LF input": coronal_slice(lf_on_gt_grid(sim), sim)}}
-            for name in methods:
-                run = common.run_in_fresh_process(make_job(name, sim, args))
+            for name in (args.stack_methods if track == "stacks" else methods):
+                run = run_one(name, sim, args)
                 scores = score(run, sim) if "error" not in run else None
                 entry = record(vol["name"], run, scores)
+                if "error" not in run and name.endswith(FUSED):
+                    entry["registration"] = registration_scores(run, sim)
                 results[track][name].append(entry)
                 report(track, vol["name"], name, entry)
                 if i == 0 and "error" not in run:
-                    examples[track]["panels"][name] = coronal_slice(run["image"], sim)
+                    examples[track]["panels"][name] = coronal_slice(run["image"], sim, run["affine"])
                 write_json(args, prov, notes, vols, results)
             if i == 0:
                 examples[track]["panels"]["ground truth"] = coronal_slice(sim["gt"], sim)
@@ -378,8 +451,10 @@ def report(track, vol_name, name, e) -> None:
         print(f"  [{track}] {vol_name} {name}: FAILED {e['error']}", flush=True)
         return
     lp = "n/a" if e["lpips"] is None else f"{e['lpips']:.3f}"
+    peak = "n/a" if e["peak_rss_mb"] is None else f"{e['peak_rss_mb']:.0f} MB"
+    reg = f"; {_registration_summary([e])}" if e.get("registration") else ""
     print(f"  [{track}] {vol_name} {name}: PSNR {e['psnr']:.2f} SSIM {e['ssim']:.3f} LPIPS {lp} "
-          f"{e['seconds']:.1f} s peak {e['peak_rss_mb']:.0f} MB", flush=True)
+          f"{e['seconds']:.1f} s peak {peak}{reg}", flush=True)
 
 
 if __name__ == "__main__":
