@@ -279,7 +279,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--app-pythonpath", help="run the app from another checkout (e.g. an earlier commit) to compare")
     p.add_argument("--noise-only", action="store_true",
-                   help="print each scan's noise by both estimators (air's Rayleigh mode, finest wavelet detail) and stop")
+                   help="print each scan's noise by every estimator, and the slice-to-slice intensity drift against 3 T, and stop")
     p.add_argument("--lf64", type=Path, default=None, metavar="NIFTI",
                    help="also enhance this unpaired 64 mT volume (last --quality): figure and invented-edges check")
     p.add_argument("--lf64-only", action="store_true", help="only the 64 mT volume (no pairs)")
@@ -298,6 +298,8 @@ def main() -> None:
     aff = lf_affine(args.pixel_mm, args.slice_mm)
     if args.noise_only:
         print(noise_table(pairs))
+        print()
+        print(drift_table(pairs))
         return
 
     methods = {pair["name"]: {"input": pair["lf"], f"gaussian_{args.gaussian_px:g}px":
@@ -364,6 +366,18 @@ def noise_table(pairs) -> str:
         tissue = tissue_sigma(acquired, air, (0, 1))
         lines.append(f"| {pair['name']} | {air:.4f} | {wavelet:.4f} | {air / wavelet:.1f} | "
                      f"{' x '.join(map(str, acquired.shape[:2]))} | {tissue:.4f} | {tissue / air:.2f} |")
+    return "\n".join(lines)
+
+
+def drift_table(pairs) -> str:
+    """Per slice, the ratio of the 0.055 T head's median to the 3 T head's, over its mean across the slices:
+    how much the two scanners' intensities drift apart from slice to slice."""
+    lines = ["| pair | slice 1 | slice 2 | slice 3 | slice 4 | spread |", "|---|---|---|---|---|---|"]
+    for pair in pairs:
+        ratios = np.array([np.median(pair["lf"][..., z][head_mask(pair["lf"][..., z])])
+                           / np.median(pair["hf"][..., z][head_mask(pair["hf"][..., z])]) for z in range(pair["lf"].shape[2])])
+        r = ratios / ratios.mean()
+        lines.append(f"| {pair['name']} | " + " | ".join(f"{v:.3f}" for v in r) + f" | {r.max() - r.min():.3f} |")
     return "\n".join(lines)
 
 
