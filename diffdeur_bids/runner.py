@@ -92,7 +92,7 @@ def run(config: Config) -> int:
         return 1 if refused else 0
 
     try:
-        write_dataset_files(config.bids_dir, config.output_dir)
+        write_dataset_files(config.bids_dir, config.output_dir, naming.produced_descs(config, found.scans))
         for subject in sorted({s.subject for s in found.scans}):
             config.save(naming.subject_log_dir(config.output_dir, subject, config.run_uuid), resolved)
         config.work_dir.mkdir(parents=True, exist_ok=True)

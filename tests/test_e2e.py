@@ -81,6 +81,7 @@ def test_outputs_have_the_right_names_and_grids(first_run):
         centre = lambda i: (i.affine @ np.r_[(np.array(i.shape[:3]) - 1) / 2, 1])[:3]  # noqa: E731
         np.testing.assert_allclose(centre(img), centre(raw_img), atol=1e-4)
         assert img.get_fdata().std() > 0 and np.isfinite(img.get_fdata()).all()
+        assert img.get_fdata().min() >= 0  # a magnitude image, like the input: no negative background
 
 
 def test_input_dataset_untouched(first_run):
@@ -100,6 +101,9 @@ def test_pybids_finds_outputs_with_metadata(first_run):
     out = BIDSLayout(str(first_run["out"]), validate=False)
     files = out.get(desc="enhanced", extension=".nii.gz")
     assert len(files) == 4
+    # the README's query: by suffix alone the std map and the fMRIPrep copy come too; desc= selects
+    assert len(out.get(suffix="T1w", extension=".nii.gz")) > len(out.get(suffix="T1w", desc="enhanced", extension=".nii.gz"))
+    assert {f.entities["desc"] for f in out.get(suffix="T1w", desc="enhanced", extension=".nii.gz")} == {"enhanced"}
     assert files[0].get_metadata()["SkullStripped"] is False
     combined = BIDSLayout(str(first_run["raw"]), derivatives=str(first_run["out"]))
     found = combined.get(scope="diffdeur", desc="enhanced", subject="01", session="02", extension=".nii.gz")
@@ -112,6 +116,10 @@ def test_sidecars_and_provenance_complete(first_run):
     out = first_run["out"]
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "diffdeur"
+    assert desc["Authors"]
+    described = [line.split("\t")[0] for line in (out / "descriptions.tsv").read_text().splitlines()[1:]]
+    assert described == ["desc-enhanced", "desc-enhancedstd", "desc-preproc"]  # what this run wrote, no synthseg
+    assert not list(out.glob(".*.lock")) and (out / "logs" / ".diffdeur.lock").exists()  # the lock is out of the root
     raw_root = (out / desc["DatasetLinks"]["raw"]).resolve()
     assert raw_root == first_run["raw"].resolve()
     for src in LF_SCANS:
@@ -128,7 +136,9 @@ def test_sidecars_and_provenance_complete(first_run):
         assert len(prov["WeightsSHA256"]) == 64 and prov["Seed"] == 0 and prov["Device"] == "cpu"
         assert set(EnhanceSettings().as_dict()) <= set(prov["Settings"])
         assert prov["Settings"]["steps"] == 2 and prov["Settings"]["num_samples"] == 2
-        assert prov["NoiseSigma"] > 0
+        assert prov["NoiseSigma"] > 0 and prov["NegativeOutputVoxelsClipped"] >= 0
+        std_meta = json.loads((out / naming.sidecar_of(naming.std_relpath(src))).read_text())
+        assert "MagneticFieldStrength" not in std_meta and "EchoTime" not in std_meta  # they describe the scan, not the std
     log_dirs = list((out / "sub-01" / "log").iterdir())
     assert len(log_dirs) == 1
     record = tomllib.loads((log_dirs[0] / "diffdeur.toml").read_text())

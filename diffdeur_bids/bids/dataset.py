@@ -29,7 +29,7 @@ NAME = "diffdeur"
 # fits them). Bare names (no trailing slash) match at any depth; checked with bids-validator-deno
 # 3.0.2, which does not honour "figures/".
 BIDSIGNORE = ["logs", "log", "figures", "*.html", naming.VOLUMES_BIDSIGNORE]
-LOCK_NAME = ".diffdeur.lock"
+LOCK_NAME = "logs/.diffdeur.lock"  # under logs/ (BIDS-ignored): the lock file outlives the runs that share it
 README = """# diffdeur derivatives
 
 Low-field anatomical scans enhanced by diffdeur (DiffDeuR: a diffusion prior and an implicit neural
@@ -81,6 +81,8 @@ def dataset_description(bids_dir: Path, output_dir: Path) -> dict:
         "SourceDatasets": [source],
         "DatasetLinks": {"raw": raw_link},
         "HowToAcknowledge": "Please cite the DiffDeuR method and give the diffdeur version listed in GeneratedBy.",
+        # the derivative's authors are the raw dataset's, whose data it is; the tool is credited in GeneratedBy
+        "Authors": raw.get("Authors") or ["The authors of the raw dataset (not listed there)"],
     }
     if raw.get("License"):
         desc["License"] = raw["License"]
@@ -95,11 +97,20 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def write_dataset_files(bids_dir: Path, output_dir: Path) -> None:
-    """Create or complete the top-level files; safe when several runs do it at once."""
+def _lock(output_dir: Path) -> FileLock:
+    (output_dir / LOCK_NAME).parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(output_dir / LOCK_NAME), timeout=120)
+
+
+def write_dataset_files(bids_dir: Path, output_dir: Path, descs=tuple(DESCRIPTIONS)) -> None:
+    """Create or complete the top-level files; safe when several runs do it at once.
+
+    ``descs``: the ``desc-`` labels this run writes, which ``descriptions.tsv`` gains (labels
+    an earlier run described stay).
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(output_dir / LOCK_NAME), timeout=120):
+    with _lock(output_dir):
         desc_path = output_dir / "dataset_description.json"
         existing = _read_json(desc_path)
         if not existing.get("GeneratedBy"):
@@ -118,7 +129,7 @@ def write_dataset_files(bids_dir: Path, output_dir: Path) -> None:
         tsv = output_dir / "descriptions.tsv"
         rows = dict(line.split("\t", 1) for line in tsv.read_text().splitlines()[1:] if "\t" in line) \
             if tsv.exists() else {}
-        ours = {f"desc-{k}": v for k, v in DESCRIPTIONS.items()}
+        ours = {f"desc-{k}": DESCRIPTIONS[k] for k in descs}
         if set(ours) - set(rows):
             rows = {**ours, **rows}
             atomic.write_text(tsv, "desc_id\tdescription\n" + "".join(f"{k}\t{v}\n" for k, v in rows.items()))
@@ -138,7 +149,7 @@ def write_synthseg_lut(output_dir: Path, rows) -> Path:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / naming.SYNTHSEG_LUT
-    with FileLock(str(output_dir / LOCK_NAME), timeout=120):
+    with _lock(output_dir):
         existing = read_tsv(path) if path.exists() else []
         known = set()
         for row in existing:

@@ -29,6 +29,18 @@ DESCRIPTIONS = {
 }
 
 _EXTENSIONS = (".nii.gz", ".nii")
+
+
+def produced_descs(config, scans) -> list[str]:
+    """The ``desc-`` labels a run with ``config`` writes for ``scans``."""
+    descs = [DESC_ENHANCED]
+    if config.num_samples > 1:
+        descs.append(DESC_STD)
+    if config.fmriprep_compat and any(SourceName.parse(s.relpath).suffix == "T1w" for s in scans):
+        descs.append(DESC_PREPROC)
+    if config.synthseg:
+        descs.append(DESC_SYNTHSEG)
+    return descs
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
 

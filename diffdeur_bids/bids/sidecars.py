@@ -64,8 +64,7 @@ def std_sidecar(source_relpath, enhanced_relpath, source_metadata: dict, provena
         "SpatialReference": bids_uri(enhanced_relpath, dataset=""),
         "SkullStripped": False,
         "Resolution": _mm(output_zooms),
-        **propagated_metadata(source_metadata),
-        PROVENANCE_KEY: provenance,
+        PROVENANCE_KEY: provenance,  # no acquisition metadata: field strength or echo time do not describe a std map
     }
 
 

@@ -9,6 +9,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, traits
 
@@ -70,8 +71,13 @@ class EnhanceImage(SimpleInterface):
         except (torch.cuda.OutOfMemoryError, MemoryError) as e:
             raise _out_of_memory(label, e) from e
 
+        # a magnitude image is not negative: tools that read the background (noise measures, 8-bit conversion,
+        # bias correction) are thrown by negative air, so the output is clipped at zero like the input
+        negative = result.image < 0
+        result.info["negative_output_voxels_clipped"] = int(negative.sum())
+        image = np.where(negative, 0, result.image).astype(np.float32)
         cwd = Path(runtime.cwd)
-        self._results["out_file"] = str(save_volume(cwd / "enhanced.nii.gz", result.image, result.affine, code))
+        self._results["out_file"] = str(save_volume(cwd / "enhanced.nii.gz", image, result.affine, code))
         if result.std is not None:
             self._results["std_file"] = str(save_volume(cwd / "enhanced_std.nii.gz", result.std, result.affine, code))
         info_file = cwd / "enhance_info.json"
