@@ -171,6 +171,17 @@ _POSITIVE_MM = click.FloatRange(min=0, min_open=True, max=20)
               help="Threads per scan.  [default: nprocs, at most 8]")
 @click.option("--mem", "--mem-mb", "--mem_mb", "mem", callback=_memory, metavar="AMOUNT",
               help="Most memory used at once, with units (16G, 16000M); a bare number is MB, as in fMRIPrep.")
+@click.option("--use-plugin", "--use_plugin", "use_plugin", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              metavar="FILE", help="A Nipype plugin file (YAML: plugin: SLURM, plugin_args: {...}) to run the "
+                                   "workflow with, e.g. on a cluster; the default is MultiProc on this machine.")
+@click.option("--clean-workdir", is_flag=True, help="Empty the work dir before the run (no cached work is reused).")
+@click.option("--write-graph", is_flag=True, help="Write the workflow's graph (graph.dot, and .svg when Graphviz is "
+                                                  "installed) into the work dir.")
+@click.option("--resource-monitor", is_flag=True, help="Nipype's resource monitor: record each node's peak memory and CPU.")
+@click.option("--notrack", is_flag=True, help="Accepted for fMRIPrep compatibility: diffdeur never sends anything anywhere.")
+@click.option("--fs-license-file", "--fs_license_file", "fs_license_file",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE", envvar="FS_LICENSE",
+              help="FreeSurfer licence file, for --synthseg-backend freesurfer (default: $FS_LICENSE).")
 @click.option("--stop-on-first-crash", is_flag=True, help="Stop at the first failed scan instead of finishing the others.")
 @click.option("--dry-run", is_flag=True, help="Check everything and print the plan, then stop without enhancing.")
 @click.option("-v", "--verbose", count=True, help="More messages (-v: diffdeur's debug messages, -vv: Nipype's too).")
@@ -218,6 +229,9 @@ def cli(ctx, **opts) -> int:
         work_dir=(opts["work_dir"] or _default_work_dir()).absolute(), nprocs=nprocs, omp_nthreads=omp,
         mem_gb=mem_gb, stop_on_first_crash=opts["stop_on_first_crash"], dry_run=opts["dry_run"],
         verbose=opts["verbose"], command_line=ctx.obj or "diffdeur",
+        clean_workdir=opts["clean_workdir"], write_graph=opts["write_graph"], resource_monitor=opts["resource_monitor"],
+        plugin=_plugin_file(opts["use_plugin"]),
+        fs_license_file=opts["fs_license_file"].absolute() if opts["fs_license_file"] else None,
     )
     from .runner import run
 
@@ -257,6 +271,28 @@ def _synthseg_options(ctx, opts) -> Path | None:
         log.warning("Ignoring %s=%s: no such file", SYNTHSEG_MODEL_ENV, model)
         return None
     return model.absolute() if model is not None else None
+
+
+def _plugin_file(path: Path | None) -> dict | None:
+    """``--use-plugin``: the file's ``plugin`` (a Nipype plugin's name) and ``plugin_args``, checked now."""
+    if path is None:
+        return None
+    import yaml
+    from nipype.pipeline import plugins
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UsageError(f"--use-plugin {path}: cannot read it as YAML ({e})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("plugin"), str):
+        raise UsageError(f"--use-plugin {path}: expected 'plugin: NAME' (and optionally 'plugin_args:'), as fMRIPrep's")
+    name, args = data["plugin"], data.get("plugin_args") or {}
+    if not hasattr(plugins, f"{name}Plugin"):
+        known = sorted(n.removesuffix("Plugin") for n in dir(plugins) if n.endswith("Plugin") and n != "Plugin")
+        raise UsageError(f"--use-plugin {path}: unknown Nipype plugin {name!r}; one of {', '.join(known)}")
+    if not isinstance(args, dict):
+        raise UsageError(f"--use-plugin {path}: plugin_args must be a mapping")
+    return {"plugin": name, "plugin_args": args}
 
 
 def _canonical_modalities(values) -> list[str]:

@@ -61,6 +61,11 @@ class Config:
     stop_on_first_crash: bool = False
     dry_run: bool = False
     verbose: int = 0
+    clean_workdir: bool = False        # empty the work dir before the run (fMRIPrep's --clean-workdir)
+    write_graph: bool = False          # the workflow's graph into the work dir
+    resource_monitor: bool = False     # Nipype's resource monitor: each node's peak memory and CPU
+    plugin: dict | None = None         # --use-plugin: {"plugin": NAME, "plugin_args": {...}} for Nipype
+    fs_license_file: Path | None = None  # FreeSurfer's licence, for the freesurfer SynthSeg backend
     # the run itself
     run_uuid: str = field(default_factory=new_run_uuid)
     version: str = __version__

@@ -9,6 +9,9 @@ typed exceptions for the CLI.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -20,7 +23,7 @@ from .bids import discovery as disc
 from .bids import naming
 from .bids.dataset import write_dataset_files
 from .config import Config, Resolved
-from .errors import EmptySelectionError, OutputError
+from .errors import EmptySelectionError, OutputError, UsageError
 from .resources import format_gb
 from .summary import collect_outcome, format_summary
 
@@ -37,8 +40,10 @@ def configure_nipype(config: Config) -> None:
                       "check_version": False, "poll_sleep_duration": 0.5, "hash_method": "timestamp"},
         "logging": {"workflow_level": level, "utils_level": "WARNING",
                     "interface_level": "INFO", "log_to_file": False},
-        "monitoring": {"enabled": False},
+        "monitoring": {"enabled": config.resource_monitor, "sample_frequency": "0.5", "summary_append": True},
     })
+    if config.resource_monitor:
+        ncfg.enable_resource_monitor()
     nlogging.update_logging(ncfg)
 
 
@@ -48,6 +53,42 @@ def plugin_args(config: Config, resolved: Resolved) -> dict:
     if config.mem_gb:
         args["memory_gb"] = config.mem_gb
     return args
+
+
+def make_plugin(config: Config, resolved: Resolved):
+    """MultiProc on this machine, or the plugin of ``--use-plugin`` (SLURM, SGE, ... through Nipype)."""
+    from nipype.pipeline import plugins
+
+    if config.plugin is None:
+        return plugins.MultiProcPlugin(plugin_args=plugin_args(config, resolved))
+    name, args = config.plugin["plugin"], dict(config.plugin["plugin_args"])
+    if name == "MultiProc":
+        args = {**plugin_args(config, resolved), **args}
+    return getattr(plugins, f"{name}Plugin")(plugin_args=args)
+
+
+def clean_work_dir(config: Config) -> None:
+    """``--clean-workdir``: empty the work dir, never a folder that holds the input or the output."""
+    work = config.work_dir.resolve()
+    for other in (config.bids_dir.resolve(), config.output_dir.resolve()):
+        if work == other or work in other.parents:
+            raise UsageError(f"--clean-workdir: the work dir {work} holds {other}; choose another -w")
+    if work.exists():
+        log.info("--clean-workdir: emptying %s", work)
+        shutil.rmtree(work)
+
+
+def write_graph(wf, config: Config) -> None:
+    """``--write-graph``: graph.dot in the work dir, and graph.svg when Graphviz's ``dot`` is installed."""
+    graph = wf._create_flat_graph()  # Nipype's own write_graph needs pydot, which is not a dependency
+    lines = [f'  "{u.fullname}" -> "{v.fullname}";' for u, v in graph.edges()]
+    lines += [f'  "{n.fullname}";' for n in graph.nodes() if graph.degree(n) == 0]
+    dot = config.work_dir / "graph.dot"
+    dot.write_text("digraph diffdeur {\n" + "\n".join(lines) + "\n}\n")
+    if shutil.which("dot"):
+        subprocess.run(["dot", "-Tsvg", str(dot), "-o", str(dot.with_suffix(".svg"))], check=False)
+    else:
+        log.info("--write-graph: Graphviz's dot is not installed, so only %s is written", dot)
 
 
 def _stop_workers(plugin) -> None:
@@ -92,6 +133,8 @@ def run(config: Config) -> int:
         return 1 if refused else 0
 
     try:
+        if config.clean_workdir:
+            clean_work_dir(config)
         write_dataset_files(config.bids_dir, config.output_dir, naming.produced_descs(config, found.scans))
         for subject in sorted({s.subject for s in found.scans}):
             config.save(naming.subject_log_dir(config.output_dir, subject, config.run_uuid), resolved)
@@ -105,9 +148,11 @@ def run(config: Config) -> int:
     wf = init_diffdeur_wf(config, resolved, found.scans)
     mem = f", memory {format_gb(config.mem_gb)}" if config.mem_gb else ""
     log.info("Running %d scan(s) with %d process(es)%s", len(found.scans), config.nprocs, mem)
-    from nipype.pipeline.plugins import MultiProcPlugin
-
-    plugin = MultiProcPlugin(plugin_args=plugin_args(config, resolved))
+    if config.write_graph:
+        write_graph(wf, config)
+    if config.fs_license_file:
+        os.environ["FS_LICENSE"] = str(config.fs_license_file)  # FreeSurfer's mri_synthseg reads it there
+    plugin = make_plugin(config, resolved)
     try:
         wf.run(plugin=plugin)
     except RuntimeError as e:  # Nipype: "Workflow did not execute cleanly"; the summary says which scans
