@@ -66,6 +66,7 @@ class Config:
     resource_monitor: bool = False     # Nipype's resource monitor: each node's peak memory and CPU
     plugin: dict | None = None         # --use-plugin: {"plugin": NAME, "plugin_args": {...}} for Nipype
     fs_license_file: Path | None = None  # FreeSurfer's licence, for the freesurfer SynthSeg backend
+    boilerplate_only: bool = False     # write logs/CITATION.* and stop
     # the run itself
     run_uuid: str = field(default_factory=new_run_uuid)
     version: str = __version__

@@ -22,6 +22,7 @@ from . import plan, preflight
 from .bids import discovery as disc
 from .bids import naming
 from .bids.dataset import write_dataset_files
+from .boilerplate import write_boilerplate
 from .config import Config, Resolved
 from .errors import EmptySelectionError, OutputError, UsageError
 from .resources import format_gb
@@ -133,8 +134,12 @@ def run(config: Config) -> int:
         return 1 if refused else 0
 
     try:
-        if config.clean_workdir:
-            clean_work_dir(config)
+        if config.clean_workdir and not config.boilerplate_only:
+            clean_work_dir(config)  # first: a refusal must come before anything is written
+        citation = write_boilerplate(config, resolved)
+        if config.boilerplate_only:
+            click.echo(f"Boilerplate only: the methods text is in {citation} (.html, .bib beside it); nothing was enhanced.")
+            return 0
         write_dataset_files(config.bids_dir, config.output_dir, naming.produced_descs(config, found.scans))
         for subject in sorted({s.subject for s in found.scans}):
             config.save(naming.subject_log_dir(config.output_dir, subject, config.run_uuid), resolved)

@@ -69,3 +69,26 @@ def test_clean_workdir_refuses_a_work_dir_that_holds_the_output(raw_bids, tmp_pa
                    "--skip-bids-validation", *ONE_SCAN, *FAST)
     assert proc.returncode == 64 and "--clean-workdir" in proc.stderr, shown(proc)
     assert not (tmp_path / "w" / "out").exists()
+
+
+def test_boilerplate_only_writes_the_methods_text_with_the_versions_that_ran(raw_bids, tmp_path):
+    from html.parser import HTMLParser
+    from importlib.metadata import version
+
+    from diffdeur_bids import __version__
+
+    out = tmp_path / "out"
+    proc = run_app(raw_bids, out, "participant", "--boilerplate-only", "--num-samples", "3", "-w", tmp_path / "w",
+                   *ONE_SCAN, *FAST)
+    assert proc.returncode == 0, shown(proc)
+    text = (out / "logs" / "CITATION.md").read_text()
+    for package in ("nipype", "pybids", "torch"):
+        assert version(package) in text, package
+    assert f"diffdeur* {__version__}" in text and "mean of 3 posterior samples" in text and "4 mm" in text
+    assert "`2d-v2`" in text and "SynthSeg" not in text  # the prior that ran; no segmentation was asked for
+    bib = (out / "logs" / "CITATION.bib").read_text()
+    assert bib.count("@") == text.count("- [@") and "@article{nipype," in bib and "synthseg" not in bib
+    parser = HTMLParser()
+    parser.feed((out / "logs" / "CITATION.html").read_text())
+    assert "<h1>Methods</h1>" in (out / "logs" / "CITATION.html").read_text()
+    assert not list(out.rglob("*.nii.gz")) and not (tmp_path / "w").exists()  # nothing enhanced, no work dir

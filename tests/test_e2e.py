@@ -120,6 +120,7 @@ def test_sidecars_and_provenance_complete(first_run):
     described = [line.split("\t")[0] for line in (out / "descriptions.tsv").read_text().splitlines()[1:]]
     assert described == ["desc-enhanced", "desc-enhancedstd", "desc-preproc"]  # what this run wrote, no synthseg
     assert not list(out.glob(".*.lock")) and (out / "logs" / ".diffdeur.lock").exists()  # the lock is out of the root
+    assert "Nipype" in (out / "logs" / "CITATION.md").read_text() and (out / "logs" / "CITATION.bib").is_file()
     raw_root = (out / desc["DatasetLinks"]["raw"]).resolve()
     assert raw_root == first_run["raw"].resolve()
     for src in LF_SCANS:
