@@ -193,15 +193,15 @@ def cli(ctx, **opts) -> int:
     """Enhance low-field anatomical MRI (T1w, T2w, FLAIR) of a BIDS dataset with DiffDeuR.
 
     BIDS_DIR is the input dataset (never written to), OUTPUT_DIR the derivative dataset,
-    ANALYSIS_LEVEL must be 'participant'.
+    ANALYSIS_LEVEL 'participant' (enhance) or 'group' (aggregate what the participant runs wrote).
     """
     from .config import Config
 
     level = opts["analysis_level"]
     if level == "group":
-        raise UnknownLevelError("the 'group' level is not available yet (it comes with the reports); use 'participant'")
+        return _group(opts)
     if level != "participant":
-        raise UnknownLevelError(f"unknown analysis level {level!r}; use 'participant'")
+        raise UnknownLevelError(f"unknown analysis level {level!r}; use 'participant' or 'group'")
 
     from .bids.discovery import load_bids_filters
 
@@ -273,6 +273,24 @@ def _synthseg_options(ctx, opts) -> Path | None:
         log.warning("Ignoring %s=%s: no such file", SYNTHSEG_MODEL_ENV, model)
         return None
     return model.absolute() if model is not None else None
+
+
+def _group(opts) -> int:
+    """``group``: aggregate what the participant runs wrote in OUTPUT_DIR (the input is not read)."""
+    from .bids.discovery import clean_labels
+    from .group import run_group
+
+    _setup_logging(opts["verbose"])
+    out = opts["output_dir"].absolute()
+    if not out.is_dir():
+        raise EmptySelectionError(f"{out} does not exist: run the 'participant' level first")
+    try:
+        written = run_group(out, clean_labels(opts["participant_label"], "sub-", "participant label"),
+                            clean_labels(opts["session_label"], "ses-", "session label"))
+    except OSError as e:
+        raise OutputError(f"cannot write to {e.filename}: {e.strerror}") from e
+    click.echo("Group level: wrote " + ", ".join(p.name for p in written) + f" in {out}")
+    return 0
 
 
 def _plugin_file(path: Path | None) -> dict | None:

@@ -33,10 +33,18 @@ def test_usage_errors_exit_64(capsys, args):
     assert _run(capsys, *args)[0] == 64
 
 
-@pytest.mark.parametrize("level", ["group", "session", "Participant"])
+@pytest.mark.parametrize("level", ["session", "Participant", "Group"])
 def test_unknown_level_exits_17(capsys, tmp_path, level):
     code, text = _run(capsys, tmp_path, tmp_path / "out", level)
     assert code == 17 and "participant" in text
+
+
+def test_group_level_with_nothing_to_aggregate_exits_18(capsys, tmp_path):
+    code, text = _run(capsys, tmp_path, tmp_path / "out", "group")
+    assert code == 18 and "run the 'participant' level first" in text
+    (tmp_path / "out").mkdir()
+    code, text = _run(capsys, tmp_path, tmp_path / "out", "group")
+    assert code == 18 and "no enhanced image" in text
 
 
 def test_missing_or_non_bids_input_exits_66(capsys, tmp_path):

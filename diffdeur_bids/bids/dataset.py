@@ -25,10 +25,10 @@ log = logging.getLogger("diffdeur")
 
 BIDS_VERSION = "1.10.1"
 NAME = "diffdeur"
-# Not BIDS: the per-run logs, reports and figures, and the SynthSeg volumes tables (no BIDS file type
+# Not BIDS: the per-run logs, reports and figures, the group tables, and the SynthSeg volumes tables (no BIDS file type
 # fits them). Bare names (no trailing slash) match at any depth; checked with bids-validator-deno
 # 3.0.2, which does not honour "figures/".
-BIDSIGNORE = ["logs", "log", "figures", "*.html", naming.VOLUMES_BIDSIGNORE]
+BIDSIGNORE = ["logs", "log", "figures", "*.html", naming.VOLUMES_BIDSIGNORE, "group_*.tsv", "group_*.json"]
 LOCK_NAME = "logs/.diffdeur.lock"  # under logs/ (BIDS-ignored): the lock file outlives the runs that share it
 README = """# diffdeur derivatives
 

@@ -75,7 +75,7 @@ _INFO_NAMES = {
     "threads": "Threads", "noise_sigma_estimated": "NoiseSigmaEstimated", "noise_sigma_used": "NoiseSigma",
     "intensity_scale": "IntensityScale", "input_shape": "InputShape", "output_shape": "OutputShape",
     "output_voxel_size_mm": "OutputVoxelSize", "subdivision": "Subdivision", "elapsed_seconds": "EnhanceSeconds",
-    "acquired_voxel_size_mm": "AcquiredVoxelSize",
+    "acquired_voxel_size_mm": "AcquiredVoxelSize", "snr_input": "SNRInput", "snr_output": "SNROutput",
 }
 
 
