@@ -182,6 +182,8 @@ _POSITIVE_MM = click.FloatRange(min=0, min_open=True, max=20)
 @click.option("--fs-license-file", "--fs_license_file", "fs_license_file",
               type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE", envvar="FS_LICENSE",
               help="FreeSurfer licence file, for --synthseg-backend freesurfer (default: $FS_LICENSE).")
+@click.option("--reports-only", "--reports_only", "reports_only", is_flag=True,
+              help="Rebuild the subject reports (OUTPUT_DIR/sub-XX.html) from what earlier runs wrote, and stop.")
 @click.option("--boilerplate-only", "--boilerplate_only", "boilerplate_only", is_flag=True,
               help="Write the methods text (OUTPUT_DIR/logs/CITATION.md, .html, .bib) and stop.")
 @click.option("--stop-on-first-crash", is_flag=True, help="Stop at the first failed scan instead of finishing the others.")
@@ -233,6 +235,7 @@ def cli(ctx, **opts) -> int:
         verbose=opts["verbose"], command_line=ctx.obj or "diffdeur",
         clean_workdir=opts["clean_workdir"], write_graph=opts["write_graph"], resource_monitor=opts["resource_monitor"],
         plugin=_plugin_file(opts["use_plugin"]), boilerplate_only=opts["boilerplate_only"],
+        reports_only=opts["reports_only"],
         fs_license_file=opts["fs_license_file"].absolute() if opts["fs_license_file"] else None,
     )
     from .runner import run

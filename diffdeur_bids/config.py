@@ -67,6 +67,7 @@ class Config:
     plugin: dict | None = None         # --use-plugin: {"plugin": NAME, "plugin_args": {...}} for Nipype
     fs_license_file: Path | None = None  # FreeSurfer's licence, for the freesurfer SynthSeg backend
     boilerplate_only: bool = False     # write logs/CITATION.* and stop
+    reports_only: bool = False         # rebuild the sub-XX.html reports from the outputs and stop
     # the run itself
     run_uuid: str = field(default_factory=new_run_uuid)
     version: str = __version__

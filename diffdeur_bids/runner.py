@@ -140,6 +140,10 @@ def run(config: Config) -> int:
         if config.boilerplate_only:
             click.echo(f"Boilerplate only: the methods text is in {citation} (.html, .bib beside it); nothing was enhanced.")
             return 0
+        if config.reports_only:
+            write_subject_reports(config, found, collect_outcome(config, found, 0.0))
+            click.echo(f"Reports only: the subject pages are in {config.output_dir}; nothing was enhanced.")
+            return 0
         write_dataset_files(config.bids_dir, config.output_dir, naming.produced_descs(config, found.scans))
         for subject in sorted({s.subject for s in found.scans}):
             config.save(naming.subject_log_dir(config.output_dir, subject, config.run_uuid), resolved)
@@ -169,6 +173,18 @@ def run(config: Config) -> int:
         raise
 
     outcome = collect_outcome(config, found, started)
+    write_subject_reports(config, found, outcome)
     click.echo(format_summary(outcome, time.time() - started, config.output_dir))
     sys.stdout.flush()
     return 0 if outcome.ok else 1
+
+
+def write_subject_reports(config: Config, found, outcome) -> None:
+    """The sub-XX.html pages; a report that cannot be made is said, and the run's outcome stands."""
+    from .reports import write_reports
+
+    try:
+        pages = write_reports(config, found, outcome)
+        log.info("Reports: %s", ", ".join(str(p) for p in pages))
+    except Exception as e:  # noqa: BLE001  (the enhanced images are written; only their report is missing)
+        log.error("the subject reports could not be written (%s: %s); the outputs are complete", type(e).__name__, e)

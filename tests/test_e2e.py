@@ -178,6 +178,9 @@ def test_a_failing_scan_does_not_stop_the_others(tmp_path):
     crash = list((out / "sub-02" / "log").glob("*/crash-*.txt"))
     assert len(crash) == 1 and "InvalidInputError" in crash[0].read_text()
     assert not list(out.rglob("*.tmp"))
+    page = (out / "sub-02.html").read_text()  # the report is written, the failed scan's section says why
+    assert "Failed: InvalidInputError: the image is constant" in page and str(crash[0].relative_to(out)) in page
+    assert page.count("<figure>") == 1  # the scan that was enhanced has its figure, the failed one none
 
 
 # --- SynthSeg (--synthseg with the tiny test weights): one session of sub-01, a LAS T1w and a T2w with
@@ -211,6 +214,9 @@ def test_synthseg_run_writes_segmentations(synthseg_run):
         "descriptions.tsv", "desc-synthseg_dseg.tsv", *(str(naming.synthseg_volumes_relpath(s)) for s in SEG_SCANS)}
     assert (out / "desc-synthseg_dseg.json").is_file()
     assert "*_volumes.tsv" in (out / ".bidsignore").read_text().splitlines()
+    page = (out / "sub-01.html").read_text()
+    assert "SynthSeg labels over the enhanced image" in page and "SynthSeg volumes" in page
+    assert (out / naming.figure_relpath(SEG_SCANS[0], "synthseg")).is_file()
 
 
 def test_synthseg_labels_on_the_enhanced_grid(synthseg_run):
@@ -273,3 +279,62 @@ def test_synthseg_rerun_reuses_the_work_dir(synthseg_run):
     assert "Summary: 2 done" in proc.stdout
     outdated = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "Outdated cache" in ln or "Old/new" in ln]
     assert [p.stat().st_mtime_ns for p in results + [lut]] == stamps, outdated  # not redone; LUT written once
+
+
+# --- the subject reports (sub-XX.html): built from the first run's outputs, opened in a real browser
+
+
+def test_reports_have_every_figure_and_say_what_to_check(first_run):
+    from html.parser import HTMLParser
+
+    out = first_run["out"]
+    for subject, scans in (("01", LF_SCANS[:3]), ("02", LF_SCANS[3:])):
+        page = (out / f"sub-{subject}.html").read_text()
+        srcs = []
+
+        class Images(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                if tag == "img":
+                    srcs.append(dict(attrs)["src"])
+
+        Images().feed(page)
+        assert len(srcs) == 2 * len(scans)  # before/after and uncertainty (--num-samples 2) per scan
+        for src in srcs:
+            assert src.startswith(f"sub-{subject}/figures/") and (out / src).stat().st_size > 5000
+        assert page.count("What to check.") == len(scans) and "http" not in page.replace("http-equiv", "")
+        for scan in scans:
+            assert scan in page
+
+
+def test_the_report_renders_in_headless_chromium(first_run, tmp_path):
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium)")
+    page = first_run["out"] / "sub-01.html"
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+                          "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert dom.stdout.count('data-loaded="1"') == dom.stdout.count("<img") == 6
+    assert "data-broken" not in dom.stdout
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600",
+                    f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
+    from matplotlib.image import imread
+
+    pixels = np.asarray(imread(str(shot)))
+    assert pixels.std() > 0.05  # not a blank page
+
+
+def test_reports_only_rebuilds_the_pages_without_enhancing(first_run):
+    out = first_run["out"]
+    page = out / "sub-01.html"
+    before = {p: p.stat().st_mtime for p in out.rglob("*_desc-enhanced_*.nii.gz")}
+    page.unlink()
+    proc = run_app(first_run["raw"], out, "participant", "-w", first_run["work"], "--reports-only",
+                   "--skip-bids-validation", *FAST, *prior_args())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Reports only" in proc.stdout and page.is_file() and "What to check." in page.read_text()
+    assert before == {p: p.stat().st_mtime for p in out.rglob("*_desc-enhanced_*.nii.gz")}  # nothing rewritten

@@ -143,6 +143,17 @@ VOLUMES_SUFFIX = "volumes"
 VOLUMES_BIDSIGNORE = f"*_{VOLUMES_SUFFIX}.tsv"
 
 
+def figure_relpath(source, what: str) -> PurePosixPath:
+    """A report figure of ``source``: ``sub-01/figures/sub-01_ses-01_desc-<what>_T1w.png`` (fMRIPrep's place)."""
+    name = derivative_relpath(source, what, extension=".png").name
+    return PurePosixPath(f"sub-{SourceName.parse(source).subject}", "figures", name)
+
+
+def report_relpath(subject: str) -> PurePosixPath:
+    """The subject's report page, at the top of the output folder as fMRIPrep's."""
+    return PurePosixPath(f"sub-{subject}.html")
+
+
 def synthseg_volumes_relpath(source) -> PurePosixPath:
     """Per-scan volumes table beside the segmentation: ``..._desc-synthseg_volumes.tsv``."""
     return derivative_relpath(source, DESC_SYNTHSEG, suffix=VOLUMES_SUFFIX, extension=".tsv")
