@@ -180,6 +180,8 @@ def make_job(name: str, sim: dict, args) -> dict:
     lf, lf_affine = sim["lf"], sim["lf_affine"]
     if name.endswith(FUSED):
         lf, lf_affine = [s["lf"] for s in sim["stacks"]], [s["affine"] for s in sim["stacks"]]
+    elif "stacks" in sim:  # sim-lf-v2's PSF is in-plane only (the reference stack's slices run along its third axis)
+        settings["psf_sigma"] = (0.5, 0.5, 0.0)
     return {"preset": preset, "settings": settings, "lf": lf, "lf_affine": lf_affine, "threads": args.threads}
 
 
