@@ -91,6 +91,31 @@ def _memory(ctx, param, value):
         raise click.BadParameter(str(e)) from e
 
 
+# The [diffdeur] keys of a diffdeur.toml that a rerun takes as its defaults (the paths and the level are
+# given again on the command line; run_uuid, dates and the command line are the new run's own).
+_RERUN_KEYS = ("participant_label", "session_label", "bids_filter_file", "modalities", "max_field_strength",
+               "assume_lowfield", "skip_bids_validation", "quality", "output_resolution", "steps", "num_samples",
+               "random_seed", "device", "prior", "synthseg", "synthseg_model", "synthseg_robust", "synthseg_backend",
+               "synthseg_parc", "fmriprep_compat", "work_dir", "nprocs", "omp_nthreads", "stop_on_first_crash")
+
+
+def _config_file(ctx, param, path: Path | None):
+    """``--config-file``: a ``diffdeur.toml`` that a run wrote; its options become this run's defaults."""
+    if path is None:
+        return None
+    import tomllib
+
+    try:
+        options = tomllib.loads(path.read_text())["diffdeur"]
+    except (OSError, ValueError, KeyError) as e:
+        raise click.BadParameter(f"{path} is not a diffdeur.toml that a run wrote ({type(e).__name__}: {e})")
+    defaults = {k: options[k] for k in _RERUN_KEYS if k in options and options[k] not in (None, "")}
+    if options.get("mem_gb"):
+        defaults["mem"] = f"{options['mem_gb']}G"
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return path
+
+
 def _default_work_dir() -> Path:
     """``./work`` as fMRIPrep, or a temporary folder when the current one is read-only (containers)."""
     if os.access(Path.cwd(), os.W_OK):
@@ -118,6 +143,10 @@ _POSITIVE_MM = click.FloatRange(min=0, min_open=True, max=20)
 @click.argument("output_dir", type=click.Path(readable=False, path_type=Path))
 @click.argument("analysis_level")
 # -- what to process (fMRIPrep spellings)
+@click.option("--config-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), is_eager=True,
+              expose_value=False, callback=_config_file, metavar="FILE",
+              help="A diffdeur.toml that a run wrote (sub-XX/log/<run>/): rerun with its options; options given "
+                   "here override them.")
 @click.option("--participant-label", "--participant_label", "participant_label", cls=ManyValues,
               metavar="LABEL [LABEL ...]", help="Subjects to process (with or without 'sub-'); default: all.")
 @click.option("--session-label", "--session_label", "--session-id", "session_label", cls=ManyValues,
@@ -283,7 +312,10 @@ def _group(opts) -> int:
     from .bids.discovery import clean_labels
     from .group import run_group
 
+    from .bids.discovery import check_bids_dir
+
     _setup_logging(opts["verbose"])
+    check_bids_dir(opts["bids_dir"])  # 66, as for a participant run, though the group level reads only the outputs
     out = opts["output_dir"].absolute()
     if not out.is_dir():
         raise EmptySelectionError(f"{out} does not exist: run the 'participant' level first")

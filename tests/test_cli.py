@@ -40,6 +40,9 @@ def test_unknown_level_exits_17(capsys, tmp_path, level):
 
 
 def test_group_level_with_nothing_to_aggregate_exits_18(capsys, tmp_path):
+    code, text = _run(capsys, tmp_path / "nope", tmp_path / "out", "group")
+    assert code == 66 and "does not exist" in text  # the input is checked as for a participant run
+    (tmp_path / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.10.1"}')
     code, text = _run(capsys, tmp_path, tmp_path / "out", "group")
     assert code == 18 and "run the 'participant' level first" in text
     (tmp_path / "out").mkdir()

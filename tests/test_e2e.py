@@ -116,7 +116,7 @@ def test_sidecars_and_provenance_complete(first_run):
     out = first_run["out"]
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "diffdeur"
-    assert desc["Authors"]
+    assert desc["Authors"] and desc["GeneratedBy"][0]["CodeURL"].startswith("https://")
     described = [line.split("\t")[0] for line in (out / "descriptions.tsv").read_text().splitlines()[1:]]
     assert described == ["desc-enhanced", "desc-enhancedstd", "desc-preproc"]  # what this run wrote, no synthseg
     assert not list(out.glob(".*.lock")) and (out / "logs" / ".diffdeur.lock").exists()  # the lock is out of the root
@@ -338,3 +338,17 @@ def test_reports_only_rebuilds_the_pages_without_enhancing(first_run):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Reports only" in proc.stdout and page.is_file() and "What to check." in page.read_text()
     assert before == {p: p.stat().st_mtime for p in out.rglob("*_desc-enhanced_*.nii.gz")}  # nothing rewritten
+
+
+def test_config_file_reruns_with_the_options_a_run_wrote(first_run):
+    toml = next((first_run["out"] / "sub-01" / "log").glob("*/diffdeur.toml"))
+    proc = run_app(first_run["raw"], first_run["out"], "participant", "--config-file", toml, "--dry-run")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "(quality fast, output 4 mm, device cpu)" in proc.stdout  # from the file, not the defaults
+    proc = run_app(first_run["raw"], first_run["out"], "participant", "--config-file", toml, "--dry-run",
+                   "--output-resolution", "2")
+    assert "(quality fast, output 2 mm, device cpu)" in proc.stdout  # the command line wins
+    bad = first_run["work"].parent / "bad.toml"
+    bad.write_text("[other]\nx = 1\n")
+    proc = run_app(first_run["raw"], first_run["out"], "participant", "--config-file", bad, "--dry-run")
+    assert proc.returncode == 64 and "not a diffdeur.toml" in proc.stderr

@@ -25,6 +25,7 @@ log = logging.getLogger("diffdeur")
 
 BIDS_VERSION = "1.10.1"
 NAME = "diffdeur"
+CODE_URL = "https://github.com/diffdeur/diffdeur"  # as the container images' org.opencontainers.image.source
 # Not BIDS: the per-run logs, reports and figures, the group tables, and the SynthSeg volumes tables (no BIDS file type
 # fits them). Bare names (no trailing slash) match at any depth; checked with bids-validator-deno
 # 3.0.2, which does not honour "figures/".
@@ -63,7 +64,7 @@ def container() -> dict | None:
 def dataset_description(bids_dir: Path, output_dir: Path) -> dict:
     """The derivative's dataset_description.json; ``Sources`` URIs resolve through ``DatasetLinks.raw``."""
     raw_link = os.path.relpath(Path(bids_dir).resolve(), Path(output_dir).resolve())
-    generated_by = {"Name": NAME, "Version": __version__,
+    generated_by = {"Name": NAME, "Version": __version__, "CodeURL": CODE_URL,
                     "Description": "Low-field MRI enhancement with a diffusion prior and an implicit neural representation"}
     if (c := container()):
         generated_by["Container"] = c
