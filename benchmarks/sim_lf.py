@@ -48,7 +48,12 @@ FUSED = "@fused"
 DEFAULT_METHODS = ["linear", "cubic", "cubic_bm3d", "inr", "dps", "prior_cf",
                    "diffdeur-fast", "diffdeur-default", "diffdeur-best"]
 DEFAULT_DATA = common.REPO.parent / "shared" / "data"
-PROTOCOL = "sim-lf-v1 (tracks 2mm, 1mm) and sim-lf-v2 (track stacks)"
+# sim-lf-v1 for the tracks 2mm and 1mm, sim-lf-v2 for the stacks track (protocol_of)
+
+
+def protocol_of(tracks) -> str:
+    versions = (["sim-lf-v1"] if set(tracks) - {"stacks"} else []) + (["sim-lf-v2"] if "stacks" in tracks else [])
+    return " + ".join(versions)
 
 
 # --------------------------------------------------------------------------- command line
@@ -297,7 +302,7 @@ def summarise(results: dict) -> dict:
 
 def write_json(args, prov, notes, vols, results) -> None:
     """Rewritten after every method run, so a long run that dies keeps what it measured."""
-    doc = {"protocol": PROTOCOL, "provenance": prov, "notes": notes,
+    doc = {"protocol": protocol_of(vols), "provenance": prov, "notes": notes,
            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
            "volumes": {t: [v["name"] for v in vs] for t, vs in vols.items()},
            "summary": summarise(results), "per_volume": results}
@@ -316,7 +321,7 @@ def markdown(args, prov, notes, vols, results) -> str:
 
     summ = summarise(results)
     gpu = any(s["peak_gpu_mb"]["n"] for t in summ.values() for s in t.values())
-    lines = [f"# {PROTOCOL} benchmark, {prov['date'][:10]}", "",
+    lines = [f"# {protocol_of(vols)} benchmark, {prov['date'][:10]}", "",
              f"- commit `{prov['git_commit']}`{' (with uncommitted changes)' if prov['git_dirty'] else ''}, "
              f"diffdeur {prov['diffdeur_version']}, torch {prov['versions']['torch']}",
              f"- device {prov['device']} ({prov['device_name']}), {prov['threads']} threads; machine: "
@@ -372,7 +377,7 @@ def slices_figure(examples: dict, path: Path) -> None:
             if label != "ground truth":
                 bottom.imshow(np.abs(img - gt), cmap="magma", vmin=0, vmax=0.25)
                 bottom.set_title("|error|", fontsize=7)
-    fig.suptitle(f"{PROTOCOL}: coronal slice of the first volume per track (error maps 0-0.25)", fontsize=9)
+    fig.suptitle(f"{protocol_of(examples)}: coronal slice of the first volume per track (error maps 0-0.25)", fontsize=9)
     common.save_figure(fig, path)
     plt.close(fig)
 

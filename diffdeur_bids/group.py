@@ -106,10 +106,9 @@ def outliers(rows: list[dict]) -> dict[int, list[str]]:
 
 def _figure(rows_by_suffix: dict[str, list[dict]]) -> str:
     """The distributions (one panel per quantity, one strip of points per suffix), as an inline PNG."""
-    import matplotlib
+    from .reports import _pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     quantities = [c for c in ("snr_input", "snr_output", "noise_input", "seconds")]
     fig, axes = plt.subplots(1, len(quantities), figsize=(3.2 * len(quantities), 3.0))

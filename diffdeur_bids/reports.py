@@ -27,6 +27,12 @@ DETAIL_SHARE = 0.4  # the zoomed detail: this share of the axial slice, about it
 
 
 def _pyplot():
+    import os
+    import tempfile
+
+    # matplotlib keeps a font cache in $HOME unless told otherwise; diffdeur writes nothing outside the output,
+    # the work dir and the temporary folder
+    os.environ.setdefault("MPLCONFIGDIR", os.path.join(tempfile.gettempdir(), f"diffdeur-matplotlib-{os.getuid()}"))
     import matplotlib
 
     matplotlib.use("Agg")

@@ -7,6 +7,7 @@ Nipype's MultiProc counts the node against its GPU slots (``Node.is_gpu_node``).
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -54,14 +55,17 @@ def noise_and_snr(before: np.ndarray, noise_before: float, after: np.ndarray) ->
     from ..enhance.noise import wavelet_mad_sigma
     from ..enhance.normalise import robust_max
 
-    def head_mean(x):
-        x = np.asarray(x, dtype=np.float64)
+    def head_mean(x):  # of the image as the method saw it: non-finite voxels 0, negatives clipped
+        x = np.maximum(np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0), 0)
         return float(x[x > 0.1 * robust_max(x)].mean())
 
+    def ratio(signal, noise):  # None where it is not a number (a noise-free or degenerate image)
+        value = signal / noise if noise > 0 else float("nan")
+        return value if math.isfinite(value) else None
+
     noise_after = wavelet_mad_sigma(after)
-    return {"noise_sigma_output": noise_after,
-            "snr_input": head_mean(before) / noise_before if noise_before > 0 else None,
-            "snr_output": head_mean(after) / noise_after if noise_after > 0 else None}
+    return {"noise_sigma_output": noise_after if math.isfinite(noise_after) else None,
+            "snr_input": ratio(head_mean(before), noise_before), "snr_output": ratio(head_mean(after), noise_after)}
 
 
 class EnhanceImage(SimpleInterface):
