@@ -57,15 +57,15 @@ def image_row(output_dir: Path, sidecar: Path) -> dict:
         "participant_id": f"sub-{name.subject}", "session_id": f"ses-{name.session}" if name.session else "n/a",
         "source": source, "enhanced": str(image.relative_to(output_dir)),
         "field_strength_t": meta.get("MagneticFieldStrength", "n/a"),
-        "input_shape": _x(prov.get("InputShape")), "input_voxel_mm": _x(prov.get("InputVoxelSize") or []),
+        "input_shape": _x(prov.get("InputShape")),
+        # "4x4x4 mm (input 4x4x8 mm)": the sidecar's Resolution holds the raw voxel size
+        "input_voxel_mm": meta.get("Resolution", "").rpartition("input ")[2].removesuffix(" mm)") or "n/a",
         "output_shape": _x(prov.get("OutputShape")), "output_voxel_mm": _x(prov.get("OutputVoxelSize")),
         "noise_input": prov.get("NoiseSigma", "n/a"), "noise_output": prov.get("NoiseSigmaOutput", "n/a"),
         "snr_input": prov.get("SNRInput", "n/a"), "snr_output": prov.get("SNROutput", "n/a"),
         "seconds": prov.get("EnhanceSeconds", "n/a"), "device": prov.get("Device", "n/a"),
         "tiv_mm3": "n/a",
     }
-    if row["input_voxel_mm"] == "n/a" and "Resolution" in meta:  # "4x4x4 mm (input 4x4x8 mm)"
-        row["input_voxel_mm"] = meta["Resolution"].rpartition("input ")[2].removesuffix(" mm)") or "n/a"
     volumes = output_dir / naming.synthseg_volumes_relpath(PurePosixPath(source))
     if volumes.is_file():
         for r in read_tsv(volumes):
@@ -106,9 +106,9 @@ def outliers(rows: list[dict]) -> dict[int, list[str]]:
 
 def _figure(rows_by_suffix: dict[str, list[dict]]) -> str:
     """The distributions (one panel per quantity, one strip of points per suffix), as an inline PNG."""
-    from .reports import _pyplot
+    from .reports import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
 
     quantities = [c for c in ("snr_input", "snr_output", "noise_input", "seconds")]
     fig, axes = plt.subplots(1, len(quantities), figsize=(3.2 * len(quantities), 3.0))

@@ -26,7 +26,7 @@ WINDOW_PERCENTILE = 99.5
 DETAIL_SHARE = 0.4  # the zoomed detail: this share of the axial slice, about its centre
 
 
-def _pyplot():
+def pyplot():
     import os
     import tempfile
 
@@ -71,10 +71,15 @@ def where_they_differ(before: np.ndarray, after: np.ndarray, affine: np.ndarray)
             f"(RAS {world[0]:.0f}, {world[1]:.0f}, {world[2]:.0f} mm), by {diff.max():.0%} of the window: look there.")
 
 
+def _window(image: np.ndarray) -> float:
+    """The top of the grey-level window every panel of a scan shares."""
+    return float(np.percentile(image[image > 0], WINDOW_PERCENTILE)) if (image > 0).any() else 1.0
+
+
 def before_after_figure(before: np.ndarray, after: np.ndarray, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     centre = [n // 2 for n in after.shape]
-    vmax = float(np.percentile(after[after > 0], WINDOW_PERCENTILE)) if (after > 0).any() else 1.0
+    vmax = _window(after)
     fig, axes = plt.subplots(2, 4, figsize=(12, 6))
     for row, (title, volume) in zip(axes, [("input, interpolated", before), ("enhanced", after)]):
         views = _views(volume, centre)
@@ -92,9 +97,9 @@ def before_after_figure(before: np.ndarray, after: np.ndarray, path: Path) -> No
 
 def overlay_figure(after: np.ndarray, overlay: np.ndarray, path: Path, contours: bool) -> None:
     """The enhanced image with the uncertainty map (colour) or the labels (contours) over it."""
-    plt = _pyplot()
+    plt = pyplot()
     centre = [n // 2 for n in after.shape]
-    vmax = float(np.percentile(after[after > 0], WINDOW_PERCENTILE)) if (after > 0).any() else 1.0
+    vmax = _window(after)
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
     for ax, base, top in zip(axes, _views(after, centre), _views(overlay, centre)):
         ax.imshow(base, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
@@ -111,7 +116,7 @@ def overlay_figure(after: np.ndarray, overlay: np.ndarray, path: Path, contours:
 def _save(fig, path: Path) -> None:
     import io
 
-    plt = _pyplot()
+    plt = pyplot()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=72)
     plt.close(fig)

@@ -29,18 +29,6 @@ DESCRIPTIONS = {
 }
 
 _EXTENSIONS = (".nii.gz", ".nii")
-
-
-def produced_descs(config, scans) -> list[str]:
-    """The ``desc-`` labels a run with ``config`` writes for ``scans``."""
-    descs = [DESC_ENHANCED]
-    if config.num_samples > 1:
-        descs.append(DESC_STD)
-    if config.fmriprep_compat and any(SourceName.parse(s.relpath).suffix == "T1w" for s in scans):
-        descs.append(DESC_PREPROC)
-    if config.synthseg:
-        descs.append(DESC_SYNTHSEG)
-    return descs
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
 
@@ -141,6 +129,18 @@ def synthseg_sources(sources) -> dict[PurePosixPath, str]:
 # lookup table), so this table is listed in the derivative's .bidsignore (``VOLUMES_BIDSIGNORE``).
 VOLUMES_SUFFIX = "volumes"
 VOLUMES_BIDSIGNORE = f"*_{VOLUMES_SUFFIX}.tsv"
+
+
+def produced_descs(config, scans) -> list[str]:
+    """The ``desc-`` labels a run with ``config`` writes for ``scans``."""
+    descs = [DESC_ENHANCED]
+    if config.num_samples > 1:
+        descs.append(DESC_STD)
+    if config.fmriprep_compat and any(SourceName.parse(s.relpath).suffix == "T1w" for s in scans):
+        descs.append(DESC_PREPROC)
+    if config.synthseg:
+        descs.append(DESC_SYNTHSEG)
+    return descs
 
 
 def figure_relpath(source, what: str) -> PurePosixPath:

@@ -56,6 +56,7 @@ def prepare_scan(lf: np.ndarray, lf_affine: np.ndarray, settings: EnhanceSetting
         y, y_affine, bands = to_acquired_grid(y, lf_affine, background_sigma)
         acquisition = {"acquired_band": [round(b, 3) for b in bands], "acquired_shape": list(y.shape),
                        "acquired_voxel_size_mm": [float(v) for v in voxel_sizes(y_affine)]}
+    tissue = None
     if background_sigma is not None:
         # the air's sigma holds for the stored and the acquired voxels alike (the crop keeps the band's noise)
         in_plane = tuple(int(a) for a in np.argsort(voxel_sizes(y_affine))[:2])
@@ -65,8 +66,7 @@ def prepare_scan(lf: np.ndarray, lf_affine: np.ndarray, settings: EnhanceSetting
     if settings.noise_sigma is not None:
         noise, noise_how = settings.noise_sigma / scale, "given"
     elif background_sigma is not None:
-        tissue = acquisition["noise_sigma_tissue"] or 0.0
-        noise, noise_how = ((tissue / scale, "tissue_detail") if tissue > background_sigma * scale
+        noise, noise_how = ((tissue, "tissue_detail") if tissue is not None and tissue > background_sigma
                             else (background_sigma, "rayleigh_background"))
     else:
         noise, noise_how = wavelet_mad_sigma(y), "wavelet_mad"

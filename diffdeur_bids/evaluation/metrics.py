@@ -21,6 +21,8 @@ from scipy import ndimage
 from torch import nn
 from torch.nn import functional as F
 
+from ..enhance.rigid import rotation_deg
+
 LPIPS_WEIGHTS = Path(__file__).resolve().parent.parent / "data" / "lpips" / "alexnet_lpips_v0.1.safetensors"
 MASK_THRESHOLD = 0.05
 MASK_DILATION = 3
@@ -215,6 +217,5 @@ def registration_error(estimated, true, centre, cube_mm: float = 160.0) -> dict:
     corners = np.array([[sx, sy, sz] for sx in (-half, half) for sy in (-half, half) for sz in (-half, half)])
     pts = np.c_[corners + np.asarray(centre, dtype=float), np.ones(8)].T
     displacement = np.linalg.norm((np.asarray(estimated) @ pts - np.asarray(true) @ pts)[:3], axis=0).max()
-    r = np.asarray(estimated)[:3, :3] @ np.asarray(true)[:3, :3].T
-    angle = np.degrees(np.arccos(np.clip((np.trace(r) - 1) / 2, -1, 1)))
-    return {"corner_mm": float(displacement), "angle_deg": float(angle)}
+    angle = rotation_deg(np.asarray(estimated) @ np.linalg.inv(true))  # the rotation between them
+    return {"corner_mm": float(displacement), "angle_deg": angle}

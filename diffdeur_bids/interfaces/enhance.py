@@ -49,14 +49,17 @@ def _out_of_memory(label: str, error: BaseException) -> NotEnoughMemoryError:
                                 f"at once (--nprocs, --mem), {last_fix}")
 
 
-def noise_and_snr(before: np.ndarray, noise_before: float, after: np.ndarray) -> dict:
+def noise_and_snr(before: np.ndarray, affine, noise_before: float, after: np.ndarray) -> dict:
     """The group report's quality figures: the output's noise (finest wavelet detail inside the head) and
     the signal-to-noise ratio (mean of the head over the noise) before and after, in the image's units."""
     from ..enhance.noise import wavelet_mad_sigma
     from ..enhance.normalise import robust_max
+    from ..enhance.problem import check_input
 
-    def head_mean(x):  # of the image as the method saw it: non-finite voxels 0, negatives clipped
-        x = np.maximum(np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0), 0)
+    before = check_input(before, affine)[0]  # the input as the method saw it (non-finite and negative voxels 0)
+
+    def head_mean(x):
+        x = np.asarray(x, dtype=np.float64)
         return float(x[x > 0.1 * robust_max(x)].mean())
 
     def ratio(signal, noise):  # None where it is not a number (a noise-free or degenerate image)
@@ -96,7 +99,7 @@ class EnhanceImage(SimpleInterface):
         negative = result.image < 0
         result.info["negative_output_voxels_clipped"] = int(negative.sum())
         image = np.where(negative, 0, result.image).astype(np.float32)
-        result.info.update(noise_and_snr(data, result.info["noise_sigma_used"], image))
+        result.info.update(noise_and_snr(data, affine, result.info["noise_sigma_used"], image))
         cwd = Path(runtime.cwd)
         self._results["out_file"] = str(save_volume(cwd / "enhanced.nii.gz", image, result.affine, code))
         if result.std is not None:
