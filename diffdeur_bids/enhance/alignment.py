@@ -29,8 +29,8 @@ ALIGN_ROUNDS = 2           # register to the reference's interpolation, then to 
 MAX_ROTATION_DEG = 15.0    # a registered motion beyond these is a failed registration
 MAX_TRANSLATION_MM = 20.0
 MIN_EXPLAINED = 0.5        # share of a stack's signal variance the reference's interpolation must explain
-# (the reference's interpolation lacks the detail across its thick slices that the other stacks hold: on the
-# 1 mm validation heads a well-registered stack's share is about 0.75)
+# (the reference's interpolation lacks the detail across its thick slices that the other stacks hold, so a
+# well-registered stack's share is well below 1 at 1 mm; about 0.75 in `sim_lf.py --mni --crop 64 --tracks stacks`)
 
 
 def fused_projection(p: Problem, start: torch.Tensor, zs: list[torch.Tensor], iters: int = PROJECTION_ITERS):
