@@ -131,6 +131,16 @@ def methods_text(config: Config, resolved: Resolved) -> str:
         + f". The run used the `{config.quality}` preset, random seed {config.random_seed}, on the "
         f"{resolved.device} device.",
     ]
+    if config.stacks == "auto":
+        paragraphs.append(
+            "Where a contrast was acquired as several thick-slice stacks in one session (names differing only in "
+            "their acquisition, run or reconstruction label, on different grids), the stacks were fused into one "
+            "volume covering the field of view "
+            "of the stack with the finest in-plane voxel, the reference: every other stack was rigidly registered "
+            "to the reference (normalised cross-correlation, three resolution levels), its six motion parameters "
+            "were refined during the fit, and one implicit neural representation was fitted through every stack's "
+            "degradation model, weighted by its noise. Stacks that could not be aligned were enhanced one by one.")
+
     if config.synthseg:
         robust = " (SynthSeg-robust)" if config.synthseg_robust else ""
         backend = "FreeSurfer's mri_synthseg" if resolved.synthseg_backend == "freesurfer" else \

@@ -96,7 +96,7 @@ def _memory(ctx, param, value):
 _RERUN_KEYS = ("participant_label", "session_label", "bids_filter_file", "modalities", "max_field_strength",
                "assume_lowfield", "skip_bids_validation", "quality", "output_resolution", "steps", "num_samples",
                "random_seed", "device", "prior", "synthseg", "synthseg_model", "synthseg_robust", "synthseg_backend",
-               "synthseg_parc", "fmriprep_compat", "work_dir", "nprocs", "omp_nthreads", "stop_on_first_crash")
+               "synthseg_parc", "fmriprep_compat", "stacks", "work_dir", "nprocs", "omp_nthreads", "stop_on_first_crash")
 
 
 def _config_file(ctx, param, path: Path | None):
@@ -191,6 +191,10 @@ _POSITIVE_MM = click.FloatRange(min=0, min_open=True, max=20)
               help="Add the cortical parcellation (FreeSurfer backend only; the port does not implement it).")
 @click.option("--fmriprep-compat", is_flag=True,
               help="Also write desc-preproc_T1w so 'fmriprep ... -d diffdeur=<output_dir>' uses the enhanced T1w.")
+@click.option("--stacks", type=click.Choice(["auto", "separate"]), default="auto", show_default=True,
+              help="auto: fuse the thick-slice stacks of one contrast (same subject, session and suffix; names that "
+                   "differ only in acq-, run- or rec-; different grids) into one enhanced image; separate: enhance "
+                   "every scan on its own.")
 # -- performance and execution
 @click.option("-w", "--work-dir", type=click.Path(readable=False, path_type=Path), metavar="DIR",
               help="Nipype work folder; rerunning with the same one skips finished steps.  [default: ./work]")
@@ -258,7 +262,7 @@ def cli(ctx, **opts) -> int:
         prior=opts["prior"],
         synthseg=opts["synthseg"], synthseg_model=synthseg_model, synthseg_robust=opts["synthseg_robust"],
         synthseg_backend=opts["synthseg_backend"], synthseg_parc=opts["synthseg_parc"],
-        fmriprep_compat=opts["fmriprep_compat"],
+        fmriprep_compat=opts["fmriprep_compat"], stacks=opts["stacks"],
         work_dir=(opts["work_dir"] or _default_work_dir()).absolute(), nprocs=nprocs, omp_nthreads=omp,
         mem_gb=mem_gb, stop_on_first_crash=opts["stop_on_first_crash"], dry_run=opts["dry_run"],
         verbose=opts["verbose"], command_line=ctx.obj or "diffdeur",

@@ -53,6 +53,7 @@ class Config:
     synthseg_backend: str = "auto"     # auto | torch | freesurfer
     synthseg_parc: bool = False        # FreeSurfer backend only
     fmriprep_compat: bool = False
+    stacks: str = "auto"               # auto: fuse the stacks of one contrast; separate: enhance each scan alone
     # execution
     work_dir: Path = Path("work")
     nprocs: int = 1

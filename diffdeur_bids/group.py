@@ -12,7 +12,7 @@ import base64
 import html
 import io
 import json
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
@@ -24,7 +24,8 @@ from .errors import EmptySelectionError
 COLUMNS = {  # name: description (units)
     "participant_id": "Subject, as sub-<label>",
     "session_id": "Session, as ses-<label> (n/a without sessions)",
-    "source": "The raw scan, relative to the input dataset",
+    "source": "The raw scan, relative to the input dataset (of a fused image: its reference stack)",
+    "stacks": "Raw stacks fused into the image (1: a scan enhanced on its own)",
     "enhanced": "The enhanced image, relative to this dataset",
     "field_strength_t": "MagneticFieldStrength of the raw scan (tesla)",
     "input_shape": "Voxels of the raw scan, x by y by z",
@@ -55,7 +56,8 @@ def image_row(output_dir: Path, sidecar: Path) -> dict:
     name = naming.SourceName.parse(image.name)
     row = {
         "participant_id": f"sub-{name.subject}", "session_id": f"ses-{name.session}" if name.session else "n/a",
-        "source": source, "enhanced": str(image.relative_to(output_dir)),
+        "source": source, "stacks": len(meta.get("Sources", [])) or "n/a",
+        "enhanced": str(image.relative_to(output_dir)),
         "field_strength_t": meta.get("MagneticFieldStrength", "n/a"),
         "input_shape": _x(prov.get("InputShape")),
         # "4x4x4 mm (input 4x4x8 mm)": the sidecar's Resolution holds the raw voxel size
@@ -66,7 +68,7 @@ def image_row(output_dir: Path, sidecar: Path) -> dict:
         "seconds": prov.get("EnhanceSeconds", "n/a"), "device": prov.get("Device", "n/a"),
         "tiv_mm3": "n/a",
     }
-    volumes = output_dir / naming.synthseg_volumes_relpath(PurePosixPath(source))
+    volumes = output_dir / naming.synthseg_volumes_relpath(image.relative_to(output_dir))
     if volumes.is_file():
         for r in read_tsv(volumes):
             if r.get("label") in ("", "n/a", None):

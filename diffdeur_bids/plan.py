@@ -1,8 +1,10 @@
-"""The plan, made before anything is read or enhanced: each scan's output grid and memory, and its text.
+"""The plan, made before anything is read or enhanced: each scan's (or group of stacks') output grid
+and memory, and its text.
 
 A scan whose grid cannot be computed, whose output grid is larger than the method handles, or
 that needs more memory than ``--mem`` (or this machine, or its cgroup) allows is refused: it
-moves to the discovery's skipped list with the reason, and the other scans go on.
+moves to the discovery's skipped list with the reason, and the other scans go on. A group of
+stacks is refused as a whole, each of its stacks listed with the reason.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import math
 
 from .bids import discovery as disc
 from .bids import naming
+from .bids.stacks import StackGroup
 from .config import Config, Resolved
 from .imageio import ras_grid
 from .resources import estimate_enhance_mem_gb, format_gb, memory_limit_gb
@@ -25,9 +28,16 @@ def output_shape(scan, resolution: float) -> tuple[int, ...]:
 
 
 def scan_plan(scan, config: Config) -> dict:
-    """One scan's entry in the memory plan: its output grid and the memory its enhancement needs."""
+    """One scan's (or group's) entry in the memory plan: its output grid and the memory its enhancement needs."""
     shape = output_shape(scan, config.output_resolution)
-    return {"output_shape": list(shape), "mem_gb": estimate_enhance_mem_gb(shape, config.num_samples, scan.shape[:3])}
+    others = [s.shape[:3] for s in scan.stacks[1:]] if isinstance(scan, StackGroup) else []
+    return {"output_shape": list(shape),
+            "mem_gb": estimate_enhance_mem_gb(shape, config.num_samples, scan.shape[:3], stacks=others)}
+
+
+def _refuse(found, unit, reason: str) -> None:
+    for relpath in unit.sources if isinstance(unit, StackGroup) else [unit.relpath]:
+        found.skipped.append(disc.Skipped(relpath, reason, error=True))
 
 
 def memory_limit(config: Config) -> tuple[float | None, str]:
@@ -48,8 +58,7 @@ def plan_scans(found, config: Config) -> dict:
         try:
             entry = scan_plan(scan, config)
         except Exception as e:  # a singular or non-finite affine
-            found.skipped.append(disc.Skipped(scan.relpath, f"its output grid cannot be computed from the header "
-                                                            f"affine ({e}); fix the header", error=True))
+            _refuse(found, scan, f"its output grid cannot be computed from the header affine ({e}); fix the header")
             continue
         shape, need = entry["output_shape"], entry["mem_gb"]
         size = (f"input {'x'.join(map(str, scan.shape[:3]))}, output grid {'x'.join(map(str, shape))} "
@@ -58,10 +67,11 @@ def plan_scans(found, config: Config) -> dict:
         if too_much_memory or math.prod(shape) > MAX_OUTPUT_VOXELS:
             why = f"more than {allowed}" if too_much_memory else \
                 f"more than the {MAX_OUTPUT_VOXELS / 1e6:.0f} M output voxels diffdeur handles"
-            found.skipped.append(disc.Skipped(
-                scan.relpath, f"too large: it needs about {format_gb(need)} of memory ({size}), {why}; use a coarser "
-                              "--output-resolution, crop the image, or run it where more memory is available",
-                error=True))
+            fused = f" to fuse its {len(scan.stacks)} stacks" if isinstance(scan, StackGroup) else ""
+            separate = ", --stacks separate" if fused else ""
+            _refuse(found, scan, f"too large: it needs about {format_gb(need)} of memory{fused} ({size}), {why}; use "
+                                 f"a coarser --output-resolution{separate}, crop the image, or run it where more "
+                                 "memory is available")
             continue
         plan[str(scan.relpath)] = entry
         keep.append(scan)
@@ -87,7 +97,9 @@ def format_plan(discovery, config: Config, resolved: Resolved) -> str:
     skipped = [s for s in discovery.skipped if not s.error]
     n, k = len(discovery.scans), len(skipped)
     cannot = f", {len(refused)} cannot be enhanced" if refused else ""
-    lines = [f"Plan: {n} scan(s) to enhance, {k} skipped{cannot} "
+    groups = [u for u in discovery.scans if isinstance(u, StackGroup)]
+    fused = f" ({len(groups)} of them fused from {sum(len(g.stacks) for g in groups)} stacks)" if groups else ""
+    lines = [f"Plan: {n} scan(s) to enhance{fused}, {k} skipped{cannot} "
              f"(quality {config.quality}, output {config.output_resolution:g} mm, device {resolved.device})"]
     segmented = {}
     if config.synthseg:
@@ -96,9 +108,20 @@ def format_plan(discovery, config: Config, resolved: Resolved) -> str:
     for scan in discovery.scans:
         out_shape = resolved.output_shape(scan.relpath)
         seg = f"\n      + segment: {segmented[str(scan.relpath)]}" if str(scan.relpath) in segmented else ""
-        lines.append(f"  {scan.relpath}  {_tesla(scan.field_strength)}  {_mm(scan.zooms)}  {_shape(scan.shape)}"
-                     f"  -> enhance to {_shape(out_shape) if out_shape else '?'}: "
-                     f"{naming.enhanced_relpath(scan.relpath)}{seg}")
+        target = f"-> enhance to {_shape(out_shape) if out_shape else '?'}: {naming.enhanced_relpath(scan.relpath)}{seg}"
+        if isinstance(scan, StackGroup):
+            lines.append(f"  fuse {len(scan.stacks)} stacks {target}")
+            for stack in scan.stacks:
+                role = "  reference (smallest in-plane voxel)" if stack is scan.reference else ""
+                lines.append(f"      {stack.relpath}  {_tesla(stack.field_strength)}  {_mm(stack.zooms)}  "
+                             f"{_shape(stack.shape)}{role}")
+        else:
+            lines.append(f"  {scan.relpath}  {_tesla(scan.field_strength)}  {_mm(scan.zooms)}  {_shape(scan.shape)}"
+                         f"  {target}")
+    if discovery.notes:
+        lines.append("Stacks kept apart:")
+        lines += [f"  {note}" for note in discovery.notes]
+    lines += [f"Warning: {w}" for w in _fmriprep_warnings(discovery, config)]
     if skipped:
         lines.append("Skipped:")
         lines += [f"  {s.relpath}: {s.reason}" for s in skipped]
@@ -106,6 +129,19 @@ def format_plan(discovery, config: Config, resolved: Resolved) -> str:
         lines.append("Cannot be enhanced (counted as failed; the other scans go on):")
         lines += [f"  {s.relpath}: {s.reason}" for s in refused]
     return "\n".join(lines)
+
+
+def _fmriprep_warnings(discovery, config: Config) -> list[str]:
+    """With --fmriprep-compat: subjects and sessions that would still get several desc-preproc_T1w."""
+    if not config.fmriprep_compat:
+        return []
+    t1w = {}
+    for unit in discovery.scans:
+        if unit.suffix == "T1w":
+            t1w.setdefault((unit.subject, unit.session), []).append(str(naming.preproc_relpath(unit.relpath)))
+    return [f"--fmriprep-compat writes {len(names)} desc-preproc_T1w for sub-{sub}{f' ses-{ses}' if ses else ''} "
+            f"({', '.join(names)}); fMRIPrep takes one T1w: keep one with its --bids-filter-file or fuse them "
+            "(--stacks auto, when they are stacks of one scan)" for (sub, ses), names in t1w.items() if len(names) > 1]
 
 
 def _synthseg_line(config: Config, resolved: Resolved) -> str:

@@ -20,7 +20,9 @@ import numpy as np
 
 from . import atomic
 from .bids import naming
+from .bids.stacks import StackGroup
 from .bids.tables import read_tsv
+from .summary import unit_name
 
 WINDOW_PERCENTILE = 99.5
 DETAIL_SHARE = 0.4  # the zoomed detail: this share of the axial slice, about its centre
@@ -128,7 +130,7 @@ def scan_section(config, scan) -> dict:
     out = Path(config.output_dir)
     rel = scan.relpath
     enhanced_path = out / naming.enhanced_relpath(rel)
-    section = {"scan": str(rel), "figures": [], "facts": {}, "check": ""}
+    section = {"scan": unit_name(scan), "figures": [], "facts": {}, "check": ""}
     if not enhanced_path.exists():
         return section
     enhanced = nib.load(str(enhanced_path))
@@ -163,7 +165,27 @@ def scan_section(config, scan) -> dict:
         "prior": f"{prov.get('Prior')} (sha256 {str(prov.get('WeightsSHA256'))[:16]}...)",
         "resolution": meta.get("Resolution"),
     }
+    for stack in prov.get("Stacks", []):  # a fused group: how each stack was aligned to the reference
+        source = str(stack.get("Source", "")).rpartition("/")[2]
+        section["facts"][f"stack {source}"] = "reference" if stack.get("Reference") else (
+            f"moved {stack.get('RotationDeg')} deg, {stack.get('TranslationMm')} mm from the reference "
+            f"(refined during the fit); {stack.get('Explained', 0):.0%} of its signal explained by the reference")
+    if prov.get("StackFusion"):
+        section["check"] = ("Not fused: " + str(prov["StackFusion"].get("Reason")) + ". " + section["check"]).strip()
     return section
+
+
+def report_units(config, units) -> list:
+    """What gets a section: each scan, each fused group, and each stack of a group that was not fused."""
+    out = Path(config.output_dir)
+    sections = []
+    for unit in units:
+        if isinstance(unit, StackGroup) and not (out / naming.enhanced_relpath(unit.relpath)).exists() and \
+                all((out / naming.enhanced_relpath(s)).exists() for s in unit.sources):
+            sections += list(unit.stacks)
+        else:
+            sections.append(unit)
+    return sections
 
 
 def _section_html(section: dict, failure: str | None) -> str:
@@ -204,8 +226,8 @@ def write_reports(config, discovery, outcome) -> list[Path]:
     written = []
     for subject in sorted({s.subject for s in discovery.scans}):
         sections = []
-        for scan in (s for s in discovery.scans if s.subject == subject):
-            sections.append(_section_html(scan_section(config, scan), failures.get(str(scan.relpath))))
+        for scan in report_units(config, [s for s in discovery.scans if s.subject == subject]):
+            sections.append(_section_html(scan_section(config, scan), failures.get(unit_name(scan))))
         crashes = [str(Path(c).relative_to(config.output_dir)) for c in outcome.crash_files
                    if f"/sub-{subject}/" in c and Path(c).is_relative_to(config.output_dir)]
         page = Path(config.output_dir) / naming.report_relpath(subject)

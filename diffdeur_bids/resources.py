@@ -73,16 +73,21 @@ def memory_limit_gb() -> float | None:
 # decide how many scans run at once under --mem.
 _BYTES_PER_OUTPUT_VOXEL = 800
 _BASE_GB = 0.5  # torch, the prior and the Python process itself
+# Each further fused stack: its operator's sample points (about as many as output voxels, or more, with
+# their coordinates) and their gradients through the sampling (benchmarks/README.md, "Memory model").
+_BYTES_PER_STACK_OUTPUT_VOXEL = 200
 # The input itself: the stored data, its float32 copy, the normalised copy and the reoriented copy.
 _BYTES_PER_INPUT_VOXEL = 16
 
 
-def estimate_enhance_mem_gb(output_shape, num_samples: int = 1, input_shape=None) -> float:
+def estimate_enhance_mem_gb(output_shape, num_samples: int = 1, input_shape=None, stacks=()) -> float:
+    """Memory of one enhancement; ``stacks`` (the other stacks' shapes) when several are fused."""
     voxels = math.prod(int(n) for n in output_shape)
     per_sample = voxels * _BYTES_PER_OUTPUT_VOXEL / 1024**3
     extra_maps = voxels * 4 * 3 / 1024**3 if num_samples > 1 else 0.0  # running mean, M2, std
-    inputs = math.prod(int(n) for n in input_shape) * _BYTES_PER_INPUT_VOXEL / 1024**3 if input_shape else 0.0
-    return round(_BASE_GB + per_sample + extra_maps + inputs, 2)
+    inputs = sum(math.prod(int(n) for n in shape) for shape in [input_shape, *stacks] if shape)
+    per_stack = len(stacks) * voxels * _BYTES_PER_STACK_OUTPUT_VOXEL / 1024**3
+    return round(_BASE_GB + per_sample + extra_maps + inputs * _BYTES_PER_INPUT_VOXEL / 1024**3 + per_stack, 2)
 
 
 # Peak memory of one SynthSeg segmentation of a 1 mm head, by kind of weights, rounded up from

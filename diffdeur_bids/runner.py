@@ -22,6 +22,7 @@ from . import plan, preflight
 from .bids import discovery as disc
 from .bids import naming
 from .bids.dataset import write_dataset_files
+from .bids.stacks import group_stacks
 from .boilerplate import write_boilerplate
 from .config import Config, Resolved
 from .errors import EmptySelectionError, OutputError, UsageError
@@ -118,6 +119,9 @@ def run(config: Config) -> int:
         config.bids_dir, modalities=config.modalities, participant_label=config.participant_label,
         session_label=config.session_label, bids_filters=config.bids_filters,
         max_field_strength=config.max_field_strength, assume_lowfield=config.assume_lowfield)
+    grouping = group_stacks(found.scans, found.skipped, config.stacks)
+    found.scans, found.notes = grouping.units, grouping.notes
+    found.skipped += grouping.refused
     resolved = replace(resolved, memory_plan=plan.plan_scans(found, config),
                        memory_limit_gb=plan.memory_limit(config)[0])
     click.echo(plan.format_plan(found, config, resolved))

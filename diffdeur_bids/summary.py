@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .bids import naming
+from .bids.stacks import StackGroup
 from .config import Config
 
 
@@ -53,19 +54,34 @@ def collect_outcome(config: Config, discovery, started: float, interrupted: bool
         out.crash_files += sorted(str(p) for p in folder.glob("crash-*.txt"))
     reasons = _crash_reasons(out.crash_files)
     segmented = set(naming.synthseg_sources(s.relpath for s in discovery.scans).values()) if config.synthseg else set()
+
+    def fresh(relpaths) -> bool:
+        return all((dest := config.output_dir / r).exists() and dest.stat().st_mtime >= started - 1 for r in relpaths)
+
     for scan in discovery.scans:
-        dests = [config.output_dir / naming.enhanced_relpath(scan.relpath)]
-        if str(scan.relpath) in segmented:
-            dests.append(config.output_dir / naming.synthseg_relpath(scan.relpath))
-        if all(dest.exists() and dest.stat().st_mtime >= started - 1 for dest in dests):
+        name = unit_name(scan)
+        seg = str(scan.relpath) in segmented
+        dests = [naming.enhanced_relpath(scan.relpath)] + ([naming.synthseg_relpath(scan.relpath)] if seg else [])
+        how = f" (fused from {len(scan.stacks)} stacks)" if isinstance(scan, StackGroup) else ""
+        if isinstance(scan, StackGroup) and not fresh(dests):  # not fused: every stack enhanced on its own
+            dests = [naming.enhanced_relpath(s) for s in scan.sources]
+            dests += [naming.synthseg_relpath(scan.sources[0])] if seg else []
+            how = " (NOT fused: the stacks could not be aligned, each was enhanced on its own; their sidecars' " \
+                  "StackFusion says why)"
+        if fresh(dests):
             reused = " (enhanced by an earlier run, reused from the work dir)" if _reused(config, scan, started) else ""
-            out.done.append(f"{scan.relpath}{reused}")
+            out.done.append(f"{name}{how}{reused}")
         else:
             stopped = "interrupted before it finished; a rerun with the same work dir does it" if interrupted \
                 else "not run (stopped early, see the log)"
             why = reasons.get(f"{naming.node_name(scan.relpath)}_wf", stopped)
-            out.failed.append(f"{scan.relpath}: {why}")
+            out.failed.append(f"{name}: {why}")
     return out
+
+
+def unit_name(unit) -> str:
+    """A scan's relpath, or a group's stacks joined by ' + ': how the summary and the reports name it."""
+    return str(unit) if isinstance(unit, StackGroup) else str(unit.relpath)
 
 
 def format_summary(outcome: Outcome, elapsed_s: float, output_dir) -> str:

@@ -1,8 +1,10 @@
-"""Nipype workflows: one branch per scan, grouped per subject, under one top-level workflow.
+"""Nipype workflows: one branch per scan (or group of stacks), grouped per subject, under one top-level workflow.
 
     diffdeur_<major>_<minor>_wf
       sub_<label>_wf                 crash files -> <out>/sub-<label>/log/<run_uuid>/
         <scan>_wf: reorient (RAS+) -> enhance -> ds_enhanced (derivatives sink)
+                                        enhance -> synthseg -> ds_synthseg       (with --synthseg)
+        <group>_wf: reorient_<stack> (each) -> merge -> enhance (fuse) -> ds_enhanced (image, transforms)
                                         enhance -> synthseg -> ds_synthseg       (with --synthseg)
 
 The top-level name carries the app's minor version so a new release never reuses stale work.
@@ -21,8 +23,10 @@ from nipype.pipeline import engine as pe  # noqa: E402
 
 from . import __version__  # noqa: E402
 from .bids import naming  # noqa: E402
+from .bids.stacks import StackGroup  # noqa: E402
 from .config import Config, Resolved, utc_now  # noqa: E402
-from .interfaces import DerivativesSink, EnhanceImage, Reorient, SegmentationSink, SynthSeg  # noqa: E402
+from .interfaces import (DerivativesSink, EnhanceImage, EnhanceStacks, Reorient, SegmentationSink,  # noqa: E402
+                         StacksSink, SynthSeg)
 from .resources import estimate_synthseg_mem_gb  # noqa: E402
 
 
@@ -53,7 +57,8 @@ def init_subject_wf(config: Config, resolved: Resolved, subject: str, scans) -> 
     wf = pe.Workflow(name=f"sub_{subject}_wf")
     targets = synthseg_targets(config, scans)
     for scan in scans:
-        wf.add_nodes([init_scan_wf(config, resolved, scan, synthseg=str(scan.relpath) in targets)])
+        init = init_stacks_wf if isinstance(scan, StackGroup) else init_scan_wf
+        wf.add_nodes([init(config, resolved, scan, synthseg=str(scan.relpath) in targets)])
     crash_dir = str(naming.subject_log_dir(config.output_dir, subject, config.run_uuid))
     for node in wf._get_all_nodes():
         node.config = node.config or {}
@@ -80,18 +85,9 @@ def init_scan_wf(config: Config, resolved: Resolved, scan, synthseg: bool | None
     # Nodes run in the main process take no worker slot (n_procs=0): a scan's derivatives are written as
     # soon as it is enhanced, not after the scans queued behind it, so an interrupted run keeps them.
     reorient = pe.Node(Reorient(in_file=str(scan.path)), name="reorient", run_without_submitting=True, n_procs=0)
-    device = resolved.device
-    uses_gpu = device.startswith("cuda")
     planned = resolved.memory_plan[str(scan.relpath)]  # the plan's output grid and memory for this scan
     output_shape = tuple(planned["output_shape"])
-    enhance = pe.Node(
-        EnhanceImage(settings=_settings_for_hash(config), prior=resolved.prior,
-                     weights_sha256=resolved.weights_sha256 or "", device=device,
-                     threads=config.omp_nthreads, use_gpu=uses_gpu, label=scan.relpath.name),
-        name="enhance",
-        n_procs=config.omp_nthreads,
-        mem_gb=planned["mem_gb"],
-    )
+    enhance = _enhance_node(EnhanceImage, config, resolved, planned["mem_gb"], label=scan.relpath.name)
     sink = pe.Node(
         DerivativesSink(output_dir=str(config.output_dir), source_relpath=str(scan.relpath),
                         source_metadata=dict(scan.metadata), input_zooms=list(scan.zooms),
@@ -111,6 +107,63 @@ def init_scan_wf(config: Config, resolved: Resolved, scan, synthseg: bool | None
             (seg, ds_seg, [("out_file", "in_file"), ("volumes_file", "volumes_file"), ("info_file", "info_file")]),
         ])
     return wf
+
+
+def _enhance_node(interface, config: Config, resolved: Resolved, mem_gb: float, **inputs) -> pe.Node:
+    device = resolved.device
+    return pe.Node(
+        interface(settings=_settings_for_hash(config), prior=resolved.prior,
+                  weights_sha256=resolved.weights_sha256 or "", device=device,
+                  threads=config.omp_nthreads, use_gpu=device.startswith("cuda"), **inputs),
+        name="enhance",
+        n_procs=config.omp_nthreads,
+        mem_gb=mem_gb,
+    )
+
+
+def init_stacks_wf(config: Config, resolved: Resolved, group: StackGroup, synthseg: bool | None = None) -> pe.Workflow:
+    """A group's branch: every stack reoriented, all fused in one node (each enhanced alone when they cannot be
+    aligned), the derivatives written by one sink; ``synthseg`` segments the fused image (or the reference's)."""
+    from nipype.interfaces.utility import Merge
+
+    wf = pe.Workflow(name=f"{naming.node_name(group.relpath)}_wf")
+    merge = pe.Node(Merge(len(group.stacks)), name="merge", run_without_submitting=True, n_procs=0)
+    for i, stack in enumerate(group.stacks, start=1):
+        reorient = pe.Node(Reorient(in_file=str(stack.path)), name=f"reorient_{group.label(stack)}",
+                           run_without_submitting=True, n_procs=0)
+        wf.connect(reorient, "out_file", merge, f"in{i}")
+    planned = resolved.memory_plan[str(group.relpath)]
+    enhance = _enhance_node(EnhanceStacks, config, resolved, planned["mem_gb"],
+                            labels=[s.relpath.name for s in group.stacks])
+    sink = pe.Node(
+        StacksSink(output_dir=str(config.output_dir), group_relpath=str(group.relpath),
+                   source_relpaths=[str(s) for s in group.sources],
+                   source_metadata=[dict(s.metadata) for s in group.stacks], shared_metadata=group.metadata,
+                   input_zooms=[list(s.zooms) for s in group.stacks], app=app_provenance(config),
+                   fmriprep_compat=config.fmriprep_compat),
+        name="ds_enhanced",
+        run_without_submitting=True,
+        n_procs=0,
+    )
+    wf.connect([
+        (merge, enhance, [("out", "in_files")]),
+        (enhance, sink, [("fused", "fused"), ("reason", "reason"), ("out_files", "out_files"),
+                         ("std_files", "std_files"), ("info_files", "info_files")]),
+    ])
+    if config.synthseg if synthseg is None else synthseg:
+        seg, ds_seg = _synthseg_nodes(config, resolved, group, tuple(planned["output_shape"]))
+        wf.connect([
+            (enhance, seg, [("out_file", "in_file")]),
+            (enhance, ds_seg, [(("fused", _segmented_source, [str(s) for s in group.sources], str(group.relpath)),
+                                "source_relpath")]),
+            (seg, ds_seg, [("out_file", "in_file"), ("volumes_file", "volumes_file"), ("info_file", "info_file")]),
+        ])
+    return wf
+
+
+def _segmented_source(fused, sources, group_relpath):
+    """The name the segmentation is made from: the group's when fused, else the reference stack's."""
+    return group_relpath if fused else sources[0]
 
 
 def _synthseg_nodes(config: Config, resolved: Resolved, scan, output_shape):

@@ -29,7 +29,8 @@ CODE_URL = "https://github.com/diffdeur/diffdeur"  # as the container images' or
 # Not BIDS: the per-run logs, reports and figures, the group tables, and the SynthSeg volumes tables (no BIDS file type
 # fits them). Bare names (no trailing slash) match at any depth; checked with bids-validator-deno
 # 3.0.2, which does not honour "figures/".
-BIDSIGNORE = ["logs", "log", "figures", "*.html", naming.VOLUMES_BIDSIGNORE, "group_*.tsv", "group_*.json"]
+BIDSIGNORE = ["logs", "log", "figures", "*.html", naming.VOLUMES_BIDSIGNORE, naming.XFM_BIDSIGNORE, "group_*.tsv",
+              "group_*.json"]
 LOCK_NAME = "logs/.diffdeur.lock"  # under logs/ (BIDS-ignored): the lock file outlives the runs that share it
 README = """# diffdeur derivatives
 
@@ -41,6 +42,9 @@ object records how it was made (version, settings, seed, device, weights sha256,
 crash reports. With `--synthseg`, each `*_desc-synthseg_dseg.nii.gz` is a SynthSeg segmentation of the
 enhanced image (labels in the top-level `desc-synthseg_dseg.tsv`) and `*_desc-synthseg_volumes.tsv`
 lists its structure volumes in mm3 (not a BIDS file type, hence listed in `.bidsignore`).
+Thick-slice stacks fused into one image are all listed in its `Sources` (the first is the reference,
+`SpatialReference`); `*_from-orig_to-<reference>_mode-image_xfm.txt` is each stack's rigid transform
+to the reference (ITK text, as fMRIPrep's; listed in `.bidsignore`).
 """
 
 LUT_COLUMNS = ("index", "name", "abbreviation", "color", "mapping")

@@ -69,8 +69,9 @@ class Skipped:
 
 @dataclass
 class Discovery:
-    scans: list[Scan]
+    scans: list              # Scan, and after grouping (``bids/stacks.py``) StackGroup too
     skipped: list[Skipped]
+    notes: list[str] = field(default_factory=list)  # the plan's remarks: why a scan was kept out of a group
 
 
 def check_bids_dir(bids_dir: Path) -> None:

@@ -125,6 +125,44 @@ def synthseg_sources(sources) -> dict[PurePosixPath, str]:
     return chosen
 
 
+# Entities that may differ between the stacks of one fused group (``bids/stacks.py``); the rest are shared.
+STACK_ENTITIES = ("acq", "run", "rec")
+XFM_SUFFIX = "xfm"
+XFM_BIDSIGNORE = "*_xfm.txt"  # BIDS has no transform files yet: listed in .bidsignore, as fMRIPrep does
+
+
+def differing_entities(sources) -> list[str]:
+    """The :data:`STACK_ENTITIES` whose value (or absence) is not the same in every one of ``sources``."""
+    names = [SourceName.parse(s) for s in sources]
+    return [key for key in STACK_ENTITIES if len({n.get(key) for n in names}) > 1]
+
+
+def group_relpath(sources) -> PurePosixPath:
+    """The raw-like name a fused group's derivatives are made from: the first source's entities less the
+    :data:`STACK_ENTITIES` that differ between the sources (``sub-01_acq-axi_T2w`` + ``sub-01_acq-cor_T2w``
+    -> ``sub-01/anat/sub-01_T2w.nii.gz``). It names outputs only; no such raw file exists."""
+    sources = list(sources)
+    first, drop = SourceName.parse(sources[0]), set(differing_entities(sources))
+    entities = "_".join(f"{k}-{v}" for k, v in first.entities if k not in drop)
+    return first.folder() / f"{entities}_{first.suffix}{first.extension}"
+
+
+def stack_label(source, sources) -> str:
+    """A stack's name among ``sources``, from the entities that tell them apart: ``acq-axi`` -> ``axi``,
+    ``run-2`` -> ``run2`` (alphanumeric, so it can be an entity's value)."""
+    src = SourceName.parse(source)
+    parts = [src.get(k) or "" if k == "acq" else f"{k}{src.get(k) or ''}" for k in differing_entities(sources)]
+    return "".join(parts) or "ref"
+
+
+def xfm_relpath(source, reference, sources) -> PurePosixPath:
+    """The rigid transform of stack ``source`` to the group's ``reference``, ITK text (fMRIPrep's names):
+    ``sub-01/anat/sub-01_acq-cor_from-orig_to-axi_mode-image_xfm.txt``."""
+    src = SourceName.parse(source)
+    entities = "_".join(f"{k}-{v}" for k, v in src.entities if k != "desc")
+    return src.folder() / f"{entities}_from-orig_to-{stack_label(reference, sources)}_mode-image_{XFM_SUFFIX}.txt"
+
+
 # Not a BIDS suffix: no BIDS-Derivatives file type holds per-structure volumes (a ``_dseg.tsv`` is a
 # lookup table), so this table is listed in the derivative's .bidsignore (``VOLUMES_BIDSIGNORE``).
 VOLUMES_SUFFIX = "volumes"

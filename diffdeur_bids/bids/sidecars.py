@@ -54,6 +54,27 @@ def enhanced_sidecar(source_relpath, source_metadata: dict, provenance: dict,
     }
 
 
+def fused_sidecar(sources, source_metadata: dict, provenance: dict, input_zooms, output_zooms) -> dict:
+    """Sidecar of a ``desc-enhanced`` image fused from several stacks (``sources``, the reference first)."""
+    uris = [bids_uri(s) for s in sources]
+    return {
+        **enhanced_sidecar(sources[0], source_metadata, provenance, input_zooms, output_zooms),
+        "Description": f"{len(uris)} thick-slice stacks of one contrast, each reoriented to RAS+ (world coordinates "
+                       "unchanged), rigidly aligned to the first (SpatialReference) and fused into one denoised, "
+                       "super-resolved volume by DiffDeuR (diffusion prior + one implicit neural representation "
+                       "through every stack); it covers the reference's field of view",
+        "Sources": uris,
+    }
+
+
+def stacks_record(stacks: list[dict], sources, transforms) -> list[dict]:
+    """The provenance's ``Stacks``: each stack's noise and registration (the method's record), its source and
+    its transform file (a BIDS URI into this dataset)."""
+    return [{"Source": bids_uri(src), "Transform": bids_uri(xfm, dataset=""),
+             **{_INFO_NAMES.get(k, _camel(k)): v for k, v in entry.items()}}
+            for entry, src, xfm in zip(stacks, sources, transforms)]
+
+
 def std_sidecar(source_relpath, enhanced_relpath, source_metadata: dict, provenance: dict,
                 output_zooms, num_samples: int) -> dict:
     """Sidecar of the uncertainty map written when ``--num-samples`` > 1."""

@@ -4,9 +4,9 @@ import os
 
 os.environ["NIPYPE_NO_ET"] = "1"  # never let Nipype phone home for a version check (offline HPC, containers)
 
-from .enhance import EnhanceImage  # noqa: E402
+from .enhance import EnhanceImage, EnhanceStacks  # noqa: E402
 from .reorient import Reorient  # noqa: E402
-from .sink import DerivativesSink, SegmentationSink  # noqa: E402
+from .sink import DerivativesSink, SegmentationSink, StacksSink  # noqa: E402
 from .synthseg import SynthSeg  # noqa: E402
 
-__all__ = ["DerivativesSink", "EnhanceImage", "Reorient", "SegmentationSink", "SynthSeg"]
+__all__ = ["DerivativesSink", "EnhanceImage", "EnhanceStacks", "Reorient", "SegmentationSink", "StacksSink", "SynthSeg"]

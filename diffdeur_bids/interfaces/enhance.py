@@ -1,4 +1,5 @@
-"""The enhancement node: load the RAS+ scan, call the method's ``enhance``, save image, std and info.
+"""The enhancement nodes: load the RAS+ scan (or the stacks of a group), call the method's ``enhance``,
+save image, std and info.
 
 ``device``, ``threads`` and ``use_gpu`` are ``nohash``: moving a run from GPU to CPU or changing
 the thread count does not invalidate finished work in the work dir. ``use_gpu`` exists only so
@@ -71,40 +72,104 @@ def noise_and_snr(before: np.ndarray, affine, noise_before: float, after: np.nda
             "snr_input": ratio(head_mean(before), noise_before), "snr_output": ratio(head_mean(after), noise_after)}
 
 
+def _settings_and_prior(inputs):
+    from ..enhance import EnhanceSettings, resolve_device
+    from ..priors import load_prior
+
+    device = resolve_device(inputs.device)
+    settings = EnhanceSettings(**{**inputs.settings, "device": str(device), "threads": inputs.threads})
+    return settings, load_prior(inputs.prior, device=device)
+
+
+def _run_enhance(label: str, data, affine, settings, prior):
+    """``enhance`` with progress in the log and the error users read when it does not fit in memory."""
+    from ..enhance import enhance
+
+    def progress(step, total, elapsed, eta):
+        log.info("%s: step %d/%d, %.0f s elapsed, about %.0f s left", label, step, total, elapsed, eta)
+
+    try:
+        return enhance(data, affine, settings, prior=prior, progress=progress)
+    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+        raise _out_of_memory(label, e) from e
+
+
+def _save_result(result, data, affine, code, folder: Path, prefix: str = "") -> dict:
+    """Image (clipped at zero), std and info in ``folder``; their paths (``std_file`` "" when there is none).
+
+    A magnitude image is not negative: tools that read the background (noise measures, 8-bit conversion,
+    bias correction) are thrown by negative air, so the output is clipped at zero like the input.
+    """
+    negative = result.image < 0
+    result.info["negative_output_voxels_clipped"] = int(negative.sum())
+    image = np.where(negative, 0, result.image).astype(np.float32)
+    result.info.update(noise_and_snr(data, affine, result.info["noise_sigma_used"], image))
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"out_file": str(save_volume(folder / f"{prefix}enhanced.nii.gz", image, result.affine, code)),
+             "std_file": ""}
+    if result.std is not None:
+        files["std_file"] = str(save_volume(folder / f"{prefix}enhanced_std.nii.gz", result.std, result.affine, code))
+    info_file = folder / f"{prefix}enhance_info.json"
+    info_file.write_text(json.dumps(result.info, indent=2, default=str))
+    files["info_file"] = str(info_file)
+    return files
+
+
 class EnhanceImage(SimpleInterface):
     input_spec = _EnhanceInputSpec
     output_spec = _EnhanceOutputSpec
 
     def _run_interface(self, runtime):
-        from ..enhance import EnhanceSettings, enhance, resolve_device
-        from ..priors import load_prior
-
-        device = resolve_device(self.inputs.device)
-        prior = load_prior(self.inputs.prior, device=device)
-        settings = EnhanceSettings(**{**self.inputs.settings, "device": str(device), "threads": self.inputs.threads})
+        settings, prior = _settings_and_prior(self.inputs)
         data, affine, header = load_volume(self.inputs.in_file)
-        code = space_code(header)
         label = self.inputs.label or Path(self.inputs.in_file).name
+        result = _run_enhance(label, data, affine, settings, prior)
+        files = _save_result(result, data, affine, space_code(header), Path(runtime.cwd))
+        self._results.update({k: v for k, v in files.items() if v})
+        return runtime
 
-        def progress(step, total, elapsed, eta):
-            log.info("%s: step %d/%d, %.0f s elapsed, about %.0f s left", label, step, total, elapsed, eta)
 
+class _StacksInputSpec(_EnhanceInputSpec):
+    in_file = File(desc="unused: the stacks are in_files")
+    in_files = traits.List(File(exists=True), mandatory=True, desc="the group's stacks, RAS+, the reference first")
+    labels = traits.List(traits.Str, nohash=True, desc="the stacks' names in progress messages")
+
+
+class _StacksOutputSpec(TraitedSpec):
+    fused = traits.Bool(desc="True: one fused image; False: the stacks could not be aligned, each was enhanced alone")
+    reason = traits.Str(desc="why the stacks were not fused ('' when they were)")
+    out_files = traits.List(File(exists=True), desc="the fused image, or one image per stack")
+    std_files = traits.List(traits.Str, desc="uncertainty maps ('' where num_samples is 1)")
+    info_files = traits.List(File(exists=True), desc="JSON records, one per image")
+    out_file = File(exists=True, desc="the image to segment: the fused one, or the reference stack's")
+
+
+class EnhanceStacks(SimpleInterface):
+    """Fuse a group's stacks into one image; when they cannot be aligned (the method's ``RegistrationError``),
+    enhance each on its own instead, so nothing is fused misaligned and nothing is lost."""
+
+    input_spec = _StacksInputSpec
+    output_spec = _StacksOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..enhance import RegistrationError
+
+        settings, prior = _settings_and_prior(self.inputs)
+        loaded = [load_volume(f) for f in self.inputs.in_files]
+        labels = list(self.inputs.labels) or [Path(f).name for f in self.inputs.in_files]
+        datas, affines = [d for d, _, _ in loaded], [a for _, a, _ in loaded]
+        code, cwd = space_code(loaded[0][2]), Path(runtime.cwd)
         try:
-            result = enhance(data, affine, settings, prior=prior, progress=progress)
-        except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-            raise _out_of_memory(label, e) from e
-
-        # a magnitude image is not negative: tools that read the background (noise measures, 8-bit conversion,
-        # bias correction) are thrown by negative air, so the output is clipped at zero like the input
-        negative = result.image < 0
-        result.info["negative_output_voxels_clipped"] = int(negative.sum())
-        image = np.where(negative, 0, result.image).astype(np.float32)
-        result.info.update(noise_and_snr(data, affine, result.info["noise_sigma_used"], image))
-        cwd = Path(runtime.cwd)
-        self._results["out_file"] = str(save_volume(cwd / "enhanced.nii.gz", image, result.affine, code))
-        if result.std is not None:
-            self._results["std_file"] = str(save_volume(cwd / "enhanced_std.nii.gz", result.std, result.affine, code))
-        info_file = cwd / "enhance_info.json"
-        info_file.write_text(json.dumps(result.info, indent=2, default=str))
-        self._results["info_file"] = str(info_file)
+            result = _run_enhance(" + ".join(labels), datas, affines, settings, prior)
+            made, reason = [_save_result(result, datas[0], affines[0], code, cwd)], ""
+        except RegistrationError as e:
+            reason = str(e)
+            log.warning("%s: not fused, %s; each stack is enhanced on its own", " + ".join(labels), reason)
+            made = []
+            for i, (label, (data, affine, header)) in enumerate(zip(labels, loaded)):
+                result = _run_enhance(label, data, affine, settings, prior)
+                made.append(_save_result(result, data, affine, space_code(header), cwd, prefix=f"stack{i}_"))
+        self._results.update(fused=not reason, reason=reason, out_file=made[0]["out_file"],
+                             out_files=[m["out_file"] for m in made], std_files=[m["std_file"] for m in made],
+                             info_files=[m["info_file"] for m in made])
         return runtime

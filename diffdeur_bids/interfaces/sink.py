@@ -1,4 +1,4 @@
-"""Write one scan's derivatives into the output dataset, atomically, with their sidecars.
+"""Write one scan's (or one group of stacks') derivatives into the output dataset, atomically, with their sidecars.
 
 Names come from :mod:`diffdeur_bids.bids.naming` only. Each file goes to a temporary name beside
 its destination and is renamed into place, sidecar first and image last, so an image that exists
@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, isdefined, traits
 
 from .. import atomic
@@ -32,37 +33,110 @@ class _SinkOutputSpec(TraitedSpec):
     out_files = traits.List(File, desc="written derivative images")
 
 
+def scan_targets(src: str, image: str, std: str | None, info: dict, meta: dict, input_zooms, app: dict,
+                 fmriprep_compat: bool, extra: dict | None = None, stacks=None) -> list[tuple]:
+    """``(relpath, file, sidecar)`` of one enhanced image: the image, its std map, its desc-preproc copy.
+
+    ``src`` names them; ``stacks`` (the raw stacks, the reference first) when the image fused several.
+    ``extra`` goes into the provenance object.
+    """
+    prov = {**sidecars.provenance(info, app), **(extra or {})}
+    zooms = nib.load(image).header.get_zooms()[:3]
+    enhanced = naming.enhanced_relpath(src)
+    if stacks:
+        sidecar = sidecars.fused_sidecar(stacks, meta, prov, input_zooms, zooms)
+    else:
+        sidecar = sidecars.enhanced_sidecar(src, meta, prov, input_zooms, zooms)
+    targets = [(enhanced, image, sidecar)]
+    if std:
+        n = (info.get("settings") or {}).get("num_samples", 0)
+        std_sidecar = sidecars.std_sidecar(src, enhanced, meta, prov, zooms, n)
+        targets.append((naming.std_relpath(src), std, {**std_sidecar, "Sources": sidecar["Sources"]}))
+    if fmriprep_compat and naming.SourceName.parse(src).suffix == "T1w":
+        targets.append((naming.preproc_relpath(src), image, sidecar))
+    return targets
+
+
+def write_targets(out_dir: Path, targets) -> list[str]:
+    """Sidecar first, image last, each renamed into place (``None`` sidecar: a file without one)."""
+    written = []
+    for relpath, image, sidecar in targets:
+        dest = out_dir / relpath
+        if sidecar is not None:
+            atomic.write_json(naming.sidecar_of(dest), sidecar)
+        atomic.copy_file(image, dest)
+        written.append(str(dest))
+    return written
+
+
 class DerivativesSink(SimpleInterface):
     input_spec = _SinkInputSpec
     output_spec = _SinkOutputSpec
     _always_run = True
 
     def _run_interface(self, runtime):
-        out_dir = Path(self.inputs.output_dir)
-        src = self.inputs.source_relpath
         info = json.loads(Path(self.inputs.info_file).read_text())
-        prov = sidecars.provenance(info, self.inputs.app)
-        zooms = nib.load(self.inputs.in_file).header.get_zooms()[:3]
-        meta = self.inputs.source_metadata
+        std = self.inputs.std_file if isdefined(self.inputs.std_file) else None
+        targets = scan_targets(self.inputs.source_relpath, self.inputs.in_file, std, info, self.inputs.source_metadata,
+                               self.inputs.input_zooms, self.inputs.app, self.inputs.fmriprep_compat)
+        self._results["out_files"] = write_targets(Path(self.inputs.output_dir), targets)
+        return runtime
 
-        enhanced = naming.enhanced_relpath(src)
-        targets = [(enhanced, self.inputs.in_file,
-                    sidecars.enhanced_sidecar(src, meta, prov, self.inputs.input_zooms, zooms))]
-        if isdefined(self.inputs.std_file) and self.inputs.std_file:
-            n = (info.get("settings") or {}).get("num_samples", 0)
-            targets.append((naming.std_relpath(src), self.inputs.std_file,
-                            sidecars.std_sidecar(src, enhanced, meta, prov, zooms, n)))
-        if self.inputs.fmriprep_compat and naming.SourceName.parse(src).suffix == "T1w":
-            targets.append((naming.preproc_relpath(src), self.inputs.in_file,
-                            sidecars.enhanced_sidecar(src, meta, prov, self.inputs.input_zooms, zooms)))
 
-        written = []
-        for relpath, image, sidecar in targets:
-            dest = out_dir / relpath
-            atomic.write_json(naming.sidecar_of(dest), sidecar)
-            atomic.copy_file(image, dest)
-            written.append(str(dest))
-        self._results["out_files"] = written
+class _StacksSinkInputSpec(TraitedSpec):
+    fused = traits.Bool(mandatory=True, desc="whether the stacks were fused")
+    reason = traits.Str("", usedefault=True, desc="why they were not")
+    out_files = traits.List(File(exists=True), mandatory=True, desc="the fused image, or one per stack")
+    std_files = traits.List(traits.Str, desc="uncertainty maps ('' where there is none)")
+    info_files = traits.List(File(exists=True), mandatory=True, desc="the method's JSON records")
+    output_dir = traits.Str(mandatory=True, desc="root of the derivative dataset")
+    group_relpath = traits.Str(mandatory=True, desc="the name the fused image is made from")
+    source_relpaths = traits.List(traits.Str, mandatory=True, desc="the stacks, the reference first")
+    source_metadata = traits.List(traits.Dict, desc="each stack's raw sidecar metadata")
+    shared_metadata = traits.Dict(desc="the metadata every stack shares")
+    input_zooms = traits.List(traits.List(traits.Float), desc="each stack's raw voxel size, mm")
+    app = traits.Dict(desc="run-level provenance: version, run id, command line")
+    fmriprep_compat = traits.Bool(False, usedefault=True, desc="also write desc-preproc_T1w")
+
+
+class StacksSink(SimpleInterface):
+    """Write a group's fused image, its sidecar (``Sources``: every stack) and one ITK transform per stack
+    (transforms first, image last); or, when the stacks were not fused, each stack's own derivatives."""
+
+    input_spec = _StacksSinkInputSpec
+    output_spec = _SinkOutputSpec
+    _always_run = True
+
+    def _run_interface(self, runtime):
+        from nitransforms.io.itk import ITKLinearTransform
+
+        out_dir, sources, app = Path(self.inputs.output_dir), list(self.inputs.source_relpaths), self.inputs.app
+        infos = [json.loads(Path(f).read_text()) for f in self.inputs.info_files]
+        stds = list(self.inputs.std_files) if isdefined(self.inputs.std_files) else [""] * len(infos)
+        if not self.inputs.fused:
+            fusion = {"StackFusion": {"Fused": False, "Reason": self.inputs.reason,
+                                      "Group": [naming.bids_uri(s) for s in sources]}}
+            targets = []
+            for src, image, std, info, meta, zooms in zip(sources, self.inputs.out_files, stds, infos,
+                                                          self.inputs.source_metadata, self.inputs.input_zooms):
+                targets += scan_targets(src, image, std, info, meta, zooms, app, self.inputs.fmriprep_compat, fusion)
+            self._results["out_files"] = write_targets(out_dir, targets)
+            return runtime
+
+        info, group = infos[0], self.inputs.group_relpath
+        xfms = [naming.xfm_relpath(src, sources[0], sources) for src in sources]
+        targets = []
+        for i, (entry, xfm) in enumerate(zip(info["stacks"], xfms)):
+            # ITK's convention (mode-image): the reference's points -> where the stack saw them
+            motion = np.asarray(entry.get("refined_motion") or entry.get("motion") or np.eye(4), dtype=float)
+            text = Path(runtime.cwd) / f"stack{i}_xfm.txt"
+            text.write_text(ITKLinearTransform.from_ras(motion).to_string())
+            targets.append((xfm, str(text), None))
+        stacks = sidecars.stacks_record(info.pop("stacks"), sources, xfms)
+        targets += scan_targets(group, self.inputs.out_files[0], stds[0] or None, info, self.inputs.shared_metadata,
+                                self.inputs.input_zooms[0], app, self.inputs.fmriprep_compat, {"Stacks": stacks},
+                                stacks=sources)
+        self._results["out_files"] = write_targets(out_dir, targets)
         return runtime
 
 
