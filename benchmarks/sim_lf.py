@@ -66,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mni", action="store_true", help="use nilearn's MNI152 template even if --data exists")
     p.add_argument("--tracks", nargs="+", default=["2mm", "1mm"], choices=sorted(VALIDATION_SPLIT))
     p.add_argument("--volumes", type=int, default=None, help="first N volumes per track (default: all)")
+    p.add_argument("--only", nargs="+", default=None, metavar="TEXT",
+                   help="only the volumes whose name contains one of these (e.g. T2w FLAIR)")
     p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
                    help="method names; diffdeur-<preset> picks a quality preset (default: all)")
     p.add_argument("--stack-methods", nargs="+", default=STACK_METHODS,
@@ -126,6 +128,8 @@ def volume_list(args, notes) -> dict[str, list[dict]]:
             missing = [v["path"] for v in vols[track] if not Path(v["path"]).is_file()]
             if missing:
                 raise SystemExit(f"the validation split is incomplete under {args.data}; missing: {', '.join(missing)}")
+        if args.only:
+            vols[track] = [v for v in vols[track] if any(text in v["name"] for text in args.only)]
         vols[track] = vols[track][: args.volumes] if args.volumes else vols[track]
     return vols
 

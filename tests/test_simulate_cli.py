@@ -39,3 +39,20 @@ def test_simulate_custom_factors_and_bad_input(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), flat)
     res = CliRunner().invoke(main, [str(flat), str(tmp_path / "x")])
     assert res.exit_code == 65 and "no positive voxels" in res.output
+
+
+def test_simulate_stacks_writes_three_moved_stacks_with_their_true_motion(tmp_path):
+    out = tmp_path / "sub-01" / "anat" / "sub-01_T2w"
+    res = CliRunner().invoke(main, [str(_hf(tmp_path)), str(out), "--stacks", "--ground-truth", "--random-seed", "2"])
+    assert res.exit_code == 0, res.output
+    folder = out.parent
+    for name, thick_axis in (("axi", 2), ("cor", 1), ("sag", 0)):
+        img = nib.load(folder / f"sub-01_acq-{name}_T2w.nii.gz")
+        zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(0))
+        world_thick = int(np.argmax(np.abs(img.affine[:3, int(np.argmax(zooms))])))
+        assert sorted(np.round(zooms, 3)) == [1.5, 1.5, 5.0] and world_thick == thick_axis
+        side = json.loads((folder / f"sub-01_acq-{name}_T2w.json").read_text())
+        motion = np.array(side["SimulatedLowField"]["TrueMotion"])
+        assert side["SimulatedLowField"]["Protocol"] == "sim-lf-v2" and motion.shape == (4, 4)
+        assert np.allclose(motion, np.eye(4)) == (name == "axi")  # the later stacks saw the head moved
+    assert nib.load(folder / "sub-01_T2w_gt.nii.gz").shape == (24, 24, 24)

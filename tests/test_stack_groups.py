@@ -141,3 +141,19 @@ def test_stack_labels_and_names():
     assert naming.differing_entities(sources) == ["acq", "run"]
     assert [naming.stack_label(s, sources) for s in sources] == ["axirun1", "corrun2"]
     assert naming.group_relpath(sources) == PurePosixPath("sub-01/anat/sub-01_T2w.nii.gz")
+
+
+def test_fmriprep_compat_warns_only_when_a_session_still_gets_several_t1w(ds, tmp_path):
+    from diffdeur_bids.config import Config
+    from diffdeur_bids.plan import _fmriprep_warnings
+
+    write(ds, "sub-01/anat/sub-01_acq-axi_T1w.nii.gz", 2)
+    write(ds, "sub-01/anat/sub-01_acq-cor_T1w.nii.gz", 1)  # fused with axi: one T1w
+    write(ds, "sub-02/anat/sub-02_run-1_T1w.nii.gz", 2)
+    write(ds, "sub-02/anat/sub-02_run-2_T1w.nii.gz", 2)    # a repeat on one grid: two T1w
+    found, grouping = grouped(ds)
+    found.scans = grouping.units
+    config = Config(bids_dir=ds, output_dir=tmp_path / "out", fmriprep_compat=True)
+    (warning,) = _fmriprep_warnings(found, config)
+    assert "2 desc-preproc_T1w for sub-02" in warning and "sub-02_run-2_desc-preproc_T1w" in warning
+    assert not _fmriprep_warnings(found, Config(bids_dir=ds, output_dir=tmp_path / "out"))
