@@ -70,13 +70,14 @@ def _run_job(job: dict) -> dict:
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    ticks = []  # (done, total, elapsed s, estimated s left): what the progress lines said
     t0 = time.perf_counter()
-    res = enhance(job["lf"], job["lf_affine"], settings, prior=prior)
+    res = enhance(job["lf"], job["lf_affine"], settings, prior=prior, progress=lambda *tick: ticks.append(tick))
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     return {
-        "image": res.image, "affine": res.affine, "info": res.info,
+        "image": res.image, "affine": res.affine, "info": res.info, "ticks": ticks,
         "seconds": seconds, "prior_load_seconds": load_s,
         "peak_rss_mb": peak_rss_mb(), "rss_before_method_mb": rss_before_mb, "ru_maxrss_mb": _maxrss_mb(),
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,

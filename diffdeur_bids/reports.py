@@ -168,7 +168,7 @@ def scan_section(config, scan) -> dict:
     for stack in prov.get("Stacks", []):  # a fused group: how each stack was aligned to the reference
         source = str(stack.get("Source", "")).rpartition("/")[2]
         section["facts"][f"stack {source}"] = "reference" if stack.get("Reference") else (
-            f"moved {stack.get('RotationDeg')} deg, {stack.get('TranslationMm')} mm from the reference "
+            f"moved {stack.get('RotationDeg')} deg, {stack.get('TranslationMM')} mm from the reference "
             f"(refined during the fit); {stack.get('Explained', 0):.0%} of its signal explained by the reference")
     if prov.get("StackFusion"):
         section["check"] = ("Not fused: " + str(prov["StackFusion"].get("Reason")) + ". " + section["check"]).strip()

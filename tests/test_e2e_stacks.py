@@ -4,6 +4,7 @@ which must not be fused.
 
     sub-01: acq-axi, acq-cor, acq-sag of one head (the later two moved by up to 3 deg / 2 mm)
     sub-02: the same, but its acq-sag is of a head moved 40 mm (a stack mislabelled into the group)
+    sub-03: the same, but its acq-cor is constant (a stack that cannot be enhanced)
 """
 
 from __future__ import annotations
@@ -44,15 +45,17 @@ def build(root):
     head, affine = head_4mm()
     moved = ndimage.shift(head, (0, 0, 10), order=1)  # 10 voxels of 4 mm: not where this head is
     truth = {}
-    for sub, seed in (("01", 3), ("02", 5)):
+    for sub, seed in (("01", 3), ("02", 5), ("03", 7)):
         sim = simulate_stacks(head, affine, seed=seed, voxel_mm=VOXEL)["stacks"]
         if sub == "02":
             sim[2] = simulate_stacks(moved, affine, seed=6, voxel_mm=VOXEL)["stacks"][2]
+        if sub == "03":
+            sim[1] = {**sim[1], "lf": np.full_like(sim[1]["lf"], 0.5)}
         for st in sim:
             write_scan(root, stack_name(sub, st["name"]), st["lf"] * 1000, st["affine"],
                        {"MagneticFieldStrength": 0.064, "EchoTime": 0.005, "RepetitionTime": 0.02})
             truth[stack_name(sub, st["name"])] = st
-    (root / "participants.tsv").write_text("participant_id\nsub-01\nsub-02\n")
+    (root / "participants.tsv").write_text("participant_id\nsub-01\nsub-02\nsub-03\n")
     return truth
 
 
@@ -62,8 +65,8 @@ def stacks_run(tmp_path_factory):
     raw = root / "raw"
     truth = build(raw)
     out, work = root / "out", root / "work"
-    args = [raw, out, "participant", "-w", work, *FAST, "--fmriprep-compat", "--synthseg",
-            "--synthseg-model", SYNTHSEG_TINY, *prior_args()]
+    args = [raw, out, "participant", "-w", work, *FAST, "--participant-label", "01", "02", "--fmriprep-compat",
+            "--synthseg", "--synthseg-model", SYNTHSEG_TINY, *prior_args()]
     return dict(raw=raw, out=out, work=work, truth=truth, args=args, proc=run_app(*args))
 
 
@@ -185,3 +188,12 @@ def test_separate_enhances_each_stack_alone(stacks_run, tmp_path):
     assert sorted(p.name for p in (out / "sub-01/anat").glob("*_desc-enhanced_T1w.nii.gz")) == [
         f"sub-01_acq-{s}_desc-enhanced_T1w.nii.gz" for s in STACKS]
     assert not list(out.rglob("*_xfm.txt"))
+
+
+def test_a_stack_that_cannot_be_enhanced_fails_its_group_and_names_itself(stacks_run, tmp_path):
+    proc = run_app(stacks_run["raw"], tmp_path / "out", "participant", "-w", tmp_path / "work", *FAST,
+                   "--participant-label", "03", *prior_args())
+    assert proc.returncode == 1
+    failed = [line for line in proc.stdout.splitlines() if line.startswith("  FAILED")]
+    assert len(failed) == 1 and stack_name("03", "axi") in failed[0]
+    assert "sub-03_acq-cor_T1w.nii.gz, a stack of this group: the image is constant" in failed[0]

@@ -129,11 +129,11 @@ def test_a_group_named_like_a_scan_enhanced_alone_is_not_fused(ds):
 
 
 def test_a_group_keeps_only_the_metadata_its_stacks_share(ds):
-    write(ds, "sub-01/anat/sub-01_acq-axi_T2w.nii.gz", 2, sidecar={**FIELD, "EchoTime": 0.1, "FlipAngle": 90})
-    write(ds, "sub-01/anat/sub-01_acq-cor_T2w.nii.gz", 1, sidecar={**FIELD, "EchoTime": 0.1, "FlipAngle": 80})
+    write(ds, "sub-01/anat/sub-01_acq-axi_T2w.nii.gz", 2, sidecar={**FIELD, "EchoTime": 0.1, "ReceiveCoilName": "a"})
+    write(ds, "sub-01/anat/sub-01_acq-cor_T2w.nii.gz", 1, sidecar={**FIELD, "EchoTime": 0.1, "ReceiveCoilName": "b"})
     _, grouping = grouped(ds)
     (group,) = grouping.units
-    assert group.metadata["EchoTime"] == 0.1 and "FlipAngle" not in group.metadata
+    assert group.metadata["EchoTime"] == 0.1 and "ReceiveCoilName" not in group.metadata
 
 
 def test_stack_labels_and_names():
@@ -157,3 +157,15 @@ def test_fmriprep_compat_warns_only_when_a_session_still_gets_several_t1w(ds, tm
     (warning,) = _fmriprep_warnings(found, config)
     assert "2 desc-preproc_T1w for sub-02" in warning and "sub-02_run-2_desc-preproc_T1w" in warning
     assert not _fmriprep_warnings(found, Config(bids_dir=ds, output_dir=tmp_path / "out"))
+
+
+def test_a_scan_with_other_timing_is_another_sequence_not_a_stack(ds):
+    write(ds, "sub-01/anat/sub-01_acq-axi_T1w.nii.gz", 2, sidecar={**FIELD, "EchoTime": 0.006, "InversionTime": 0.8})
+    write(ds, "sub-01/anat/sub-01_acq-cor_T1w.nii.gz", 1, sidecar={**FIELD, "EchoTime": 0.006, "InversionTime": 0.8})
+    write(ds, "sub-01/anat/sub-01_acq-gre_T1w.nii.gz", 0, sidecar={**FIELD, "EchoTime": 0.006})  # no TI: not compared
+    write(ds, "sub-01/anat/sub-01_acq-se_T1w.nii.gz", 0, sidecar={**FIELD, "EchoTime": 0.012, "InversionTime": 0.8},
+          shift=(2.5, 0, 0))
+    _, grouping = grouped(ds)
+    (group,) = [u for u in grouping.units if isinstance(u, StackGroup)]
+    assert [group.label(s) for s in group.stacks] == ["axi", "cor", "gre"]
+    assert len(grouping.notes) == 1 and "acq-se_T1w.nii.gz: enhanced on its own, its EchoTime 0.012" in grouping.notes[0]

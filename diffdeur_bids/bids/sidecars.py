@@ -97,6 +97,8 @@ _INFO_NAMES = {
     "intensity_scale": "IntensityScale", "input_shape": "InputShape", "output_shape": "OutputShape",
     "output_voxel_size_mm": "OutputVoxelSize", "subdivision": "Subdivision", "elapsed_seconds": "EnhanceSeconds",
     "acquired_voxel_size_mm": "AcquiredVoxelSize", "snr_input": "SNRInput", "snr_output": "SNROutput",
+    # each fused stack's registration (``Stacks``)
+    "ncc": "NCC", "edges": "EdgeCorrelation", "translation_mm": "TranslationMM",
 }
 
 

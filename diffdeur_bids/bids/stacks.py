@@ -5,7 +5,7 @@ or ``rec-`` (:data:`naming.STACK_ENTITIES`), and whose grids differ (another thi
 form a group. Its reference is the stack with the smallest in-plane voxel (ties: the first in BIDS
 order): the fused volume covers the reference's field of view. A scan is kept out of a group, with
 the reason in the plan, when it repeats another member's grid or hardly overlaps the reference's
-field of view. A member that discovery refused (it cannot be read) refuses its whole group: the
+field of view, or was acquired with other timing (``SEQUENCE_KEYS``). A member that discovery refused (it cannot be read) refuses its whole group: the
 group is not fused from what is left without the user knowing.
 """
 
@@ -22,6 +22,9 @@ from .discovery import Scan, Skipped
 
 MIN_OVERLAP = 0.5  # share of the smaller field of view that a stack and the reference must have in common
 GRID_ATOL_MM = 1e-3
+# Stacks of one protocol share its timing; a scan whose timing differs from the reference's is another sequence
+# (another contrast weighting), not another view of the same one
+SEQUENCE_KEYS = ("EchoTime", "RepetitionTime", "InversionTime", "FlipAngle")
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,15 @@ def _box(scan) -> tuple[np.ndarray, np.ndarray]:
     corners = np.array(np.meshgrid(*[[-0.5, n - 0.5] for n in scan.shape[:3]], indexing="ij")).reshape(3, -1)
     world = scan.affine[:3, :3] @ corners + scan.affine[:3, 3:]
     return world.min(1), world.max(1)
+
+
+def other_sequence(a, b) -> str | None:
+    """How ``a``'s timing differs from ``b``'s (a key both sidecars have, values more than 1 % apart), or None."""
+    for key in SEQUENCE_KEYS:
+        va, vb = a.metadata.get(key), b.metadata.get(key)
+        if isinstance(va, (int, float)) and isinstance(vb, (int, float)) and not np.isclose(va, vb, rtol=0.01):
+            return f"its {key} {va:g} is not the reference's {vb:g}"
+    return None
 
 
 def fov_overlap(a, b) -> float:
@@ -158,8 +170,12 @@ def _one_group(members: list, notes: list[str]) -> tuple[StackGroup | None, list
     for scan in distinct:
         if scan is reference:
             continue
-        overlap = fov_overlap(scan, reference)
-        if overlap < MIN_OVERLAP:
+        overlap, sequence = fov_overlap(scan, reference), other_sequence(scan, reference)
+        if sequence:
+            notes.append(f"{scan.relpath}: enhanced on its own, {sequence} ({reference.relpath}): another "
+                         "sequence, not another view of the same one")
+            alone.append(scan)
+        elif overlap < MIN_OVERLAP:
             notes.append(f"{scan.relpath}: enhanced on its own, its field of view shares only {overlap:.0%} with "
                          f"that of {reference.relpath}, the reference of its stacks (at least {MIN_OVERLAP:.0%})")
             alone.append(scan)

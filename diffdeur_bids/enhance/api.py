@@ -18,9 +18,10 @@ from .noise import rayleigh_sigma, tissue_sigma, unbias_rician, wavelet_mad_sigm
 from .normalise import robust_max
 from .prior import Prior
 from .problem import Problem, check_input, observation, plan_grids, stack_observation
+from .progress import TimeLeft
 from .settings import EnhanceSettings
 
-Progress = Callable[[int, int, float, float], None]  # (done, total, elapsed s, estimated s left)
+Progress = Callable[[int, int, float, "float | None"], None]  # (done, total, elapsed s, s left: None = not known yet)
 
 
 @dataclass
@@ -129,14 +130,12 @@ def enhance(lf, lf_affine, settings: EnhanceSettings | None = None, prior: Prior
         observations = [stack_observation(scan.y, scan.affine, out_g, scan.noise, settings.psf_sigma, centre, device)
                         for scan in scans]
 
-    total = method.ticks(settings) * settings.num_samples
-    done = [0]
+    time_left = TimeLeft(method.ticks(settings), settings.num_samples, method.start_ticks, clock=time.time, t0=t_start)
 
     def tick():
-        done[0] += 1
+        done = time_left.tick()
         if progress:
-            elapsed = time.time() - t_start
-            progress(done[0], total, elapsed, elapsed / done[0] * (total - done[0]))
+            progress(*done)
 
     samples, found = [], {}
     for k in range(settings.num_samples):

@@ -27,6 +27,7 @@ class Method:
     needs_prior: bool
     ticks: Callable[[EnhanceSettings], int]  # progress ticks of one sample
     fuses_stacks: bool = False
+    start_ticks: int = 0  # the first ticks of a sample that are its start, not a step (``progress.TimeLeft``)
 
 
 def _once(settings: EnhanceSettings) -> int:
@@ -34,7 +35,7 @@ def _once(settings: EnhanceSettings) -> int:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("diffdeur", run_diffdeur, True, lambda s: s.steps + 1, fuses_stacks=True),
+    Method("diffdeur", run_diffdeur, True, lambda s: s.steps + 1, fuses_stacks=True, start_ticks=1),
     Method("linear", baselines.run_linear, False, _once),
     Method("cubic", baselines.run_cubic, False, _once),
     Method("cubic_bm3d", baselines.run_cubic_bm3d, False, _once),

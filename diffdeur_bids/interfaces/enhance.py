@@ -86,7 +86,8 @@ def _run_enhance(label: str, data, affine, settings, prior):
     from ..enhance import enhance
 
     def progress(step, total, elapsed, eta):
-        log.info("%s: step %d/%d, %.0f s elapsed, about %.0f s left", label, step, total, elapsed, eta)
+        left = "the time left is known after the first sampler step" if eta is None else f"about {eta:.0f} s left"
+        log.info("%s: step %d/%d, %.0f s elapsed, %s", label, step, total, elapsed, left)
 
     try:
         return enhance(data, affine, settings, prior=prior, progress=progress)
@@ -153,10 +154,17 @@ class EnhanceStacks(SimpleInterface):
 
     def _run_interface(self, runtime):
         from ..enhance import RegistrationError
+        from ..enhance.errors import InvalidInputError
+        from ..enhance.problem import check_input
 
         settings, prior = _settings_and_prior(self.inputs)
         loaded = [load_volume(f) for f in self.inputs.in_files]
         labels = list(self.inputs.labels) or [Path(f).name for f in self.inputs.in_files]
+        for label, (data, affine, _) in zip(labels, loaded):  # a stack that cannot be enhanced names itself
+            try:
+                check_input(data, affine)
+            except InvalidInputError as e:
+                raise InvalidInputError(f"{label}, a stack of this group: {e}") from e
         datas, affines = [d for d, _, _ in loaded], [a for _, a, _ in loaded]
         code, cwd = space_code(loaded[0][2]), Path(runtime.cwd)
         try:
