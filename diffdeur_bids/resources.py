@@ -67,15 +67,16 @@ def memory_limit_gb() -> float | None:
     return min(limits) if limits else None
 
 
-# Bytes per output voxel held at the peak of one enhancement: the float32 estimate, the INR's
-# coordinate/feature chunks, batched slices through the prior network and their activations.
-# From a measured peak, rounded up (benchmarks/README.md, "Memory model"). Nipype only uses it to
-# decide how many scans run at once under --mem.
-_BYTES_PER_OUTPUT_VOXEL = 800
-_BASE_GB = 0.5  # torch, the prior and the Python process itself
-# Each further fused stack: its operator's sample points (about as many as output voxels, or more, with
-# their coordinates) and their gradients through the sampling (benchmarks/README.md, "Memory model").
-_BYTES_PER_STACK_OUTPUT_VOXEL = 200
+# Peak memory of one enhancement: a base (torch, the prior, the prior's batches of slices and their
+# activations, which do not grow with the volume) plus bytes per output voxel (the estimate, the INR's
+# feature grids and their gradients, the rendered slabs). Fitted to the peaks measured on a 1.1 M-voxel crop,
+# the 2.8 M-voxel brains of the 1 mm track and a 7.0 M-voxel full head, each within 15 %
+# (benchmarks/README.md, "Memory model"). Nipype uses it to decide how many scans run at once under --mem.
+_BYTES_PER_OUTPUT_VOXEL = 120
+_BASE_GB = 1.0
+# Each further fused stack: its operator's sample points and their gradients through the sampling
+# (benchmarks/README.md, "Memory model").
+_BYTES_PER_STACK_OUTPUT_VOXEL = 40
 # The input itself: the stored data, its float32 copy, the normalised copy and the reoriented copy.
 _BYTES_PER_INPUT_VOXEL = 16
 

@@ -88,7 +88,7 @@ def test_no_import_cycle_in_the_package():
 def test_enhance_imports_run_one_way():
     """The layers of the method, lowest first: a module imports only from layers below it."""
     layers = [
-        {"errors", "linalg", "settings", "grids", "rigid"},
+        {"errors", "linalg", "settings", "grids", "rigid", "progress"},
         {"devices", "normalise", "forward", "noise", "acquisition"},
         {"stacks"},
         {"inr", "prior", "registration"},

@@ -153,7 +153,7 @@ def test_scan_needing_more_memory_than_allowed_is_refused(capsys, raw_bids, tmp_
                       "--device", "cpu", "--skip-bids-validation", "--participant-label", "02", "--mem", "100M",
                       *prior_args())
     assert code == 1, text
-    assert re.search(r"sub-02/anat/sub-02_run-01_T1w.nii.gz: too large: it needs about \d+ MB of memory \(input "
+    assert re.search(r"sub-02/anat/sub-02_run-01_T1w.nii.gz: too large: it needs about [0-9.]+ [MG]B of memory \(input "
                      r"20x24x8, output grid 80x96x64 at 1 mm\), more than --mem 100 MB allows; use a coarser "
                      r"--output-resolution, crop the image, or run it where more memory is available", text), text
     assert "Summary: 0 done, 1 skipped, 1 failed" in text and not (tmp_path / "out").exists()
