@@ -98,9 +98,7 @@ def main(argv=None) -> int:
                 for j in (1, 2) if what == "this head" else (1,):  # the coronal (and the sagittal) stack replaced
                     stacks = [genuine[0], genuine[1] if j == 2 else genuine[2], fake[j]]
                     entry = first_round_scores(stacks, settings, prior)[-1]
-                    refused = (entry["explained"] < alignment.MIN_EXPLAINED or entry["edges"] < alignment.MIN_EDGES
-                               or entry["gain"] <= 0 or entry["rotation_deg"] > alignment.MAX_ROTATION_DEG
-                               or entry["translation_mm"] > alignment.MAX_TRANSLATION_MM)
+                    refused = alignment.failed(entry)
                     row = {"volume": Path(paths[i]).name, "stack": fake[j]["name"], "impostor": what,
                            **{k: entry[k] for k in ("ncc", "explained", "edges", "gain", "rotation_deg",
                                                     "translation_mm")}, "refused": refused}

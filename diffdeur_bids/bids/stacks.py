@@ -140,11 +140,15 @@ def group_stacks(scans, skipped=(), mode: str = "auto") -> Grouping:
         else:
             units += ([group] if group else []) + kept_out
     taken = {str(u.relpath) for u in units if isinstance(u, Scan)}
-    for i, unit in enumerate(units):  # a group named like a scan enhanced on its own is not fused
+    kept = []
+    for unit in units:  # a group named like a scan enhanced on its own is not fused
         if isinstance(unit, StackGroup) and str(unit.relpath) in taken:
             notes.append(f"{', '.join(map(str, unit.sources))}: not fused, the fused image would have the name of "
                          f"{unit.relpath}'s; each is enhanced on its own")
-            units[i:i + 1] = list(unit.stacks)
+            kept += unit.stacks
+        else:
+            kept.append(unit)
+    units = kept
     units.sort(key=lambda u: str(u.stacks[0].relpath if isinstance(u, StackGroup) else u.relpath))
     return Grouping(units, notes, refused)
 

@@ -50,6 +50,13 @@ def fused_projection(p: Problem, start: torch.Tensor, zs: list[torch.Tensor], it
     return conjugate_gradient(normal, b, start, iters=iters)
 
 
+def failed(found: dict, check_match: bool = True) -> bool:
+    """Whether one stack's registration record (``align_stacks``) fails: a motion beyond the limits, or with
+    ``check_match``, a stack the reference does not match."""
+    return (found["rotation_deg"] > MAX_ROTATION_DEG or found["translation_mm"] > MAX_TRANSLATION_MM
+            or check_match and (found["explained"] < MIN_EXPLAINED or found["edges"] < MIN_EDGES or found["gain"] <= 0))
+
+
 def align_stacks(p: Problem, x: torch.Tensor, zs: list[torch.Tensor], levels=LEVELS, check_match: bool = False) -> list[dict]:
     """Register every stack but the reference to ``x``; raise :class:`RegistrationError` when one fails: a motion
     beyond the limits, or with ``check_match``, a stack that ``x`` seen through it does not match (less than
@@ -67,9 +74,7 @@ def align_stacks(p: Problem, x: torch.Tensor, zs: list[torch.Tensor], levels=LEV
                       "rotation_deg": round(rotation_deg(motion), 3),
                       "translation_mm": round(translation_mm(motion, obs.operator.centre), 3),
                       "motion": motion.round(6).tolist()})
-    bad = [i for i, f in enumerate(found) if not f["reference"] and (
-        f["rotation_deg"] > MAX_ROTATION_DEG or f["translation_mm"] > MAX_TRANSLATION_MM
-        or check_match and (f["explained"] < MIN_EXPLAINED or f["edges"] < MIN_EDGES or f["gain"] <= 0))]
+    bad = [i for i, f in enumerate(found) if not f["reference"] and failed(f, check_match)]
     if bad:
         raise RegistrationError(
             "stack(s) " + ", ".join(str(i) for i in bad) + " could not be aligned with the reference: "
