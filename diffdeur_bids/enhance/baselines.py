@@ -63,7 +63,7 @@ def run_inr(p: Problem) -> torch.Tensor:
     opt = make_optimizer(inr, s.inr_lr)
     fit_inr(inr, p.fidelity(), opt, s.inr_init_iters + s.steps * s.inr_iters)
     p.tick()
-    return render(inr, p.out_grid, p.device)
+    return render(inr, p.out_grid)
 
 
 def _solve_prox(p: Problem, z, rho, x0, iters=PROX_CG_ITERS):

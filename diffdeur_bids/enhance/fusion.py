@@ -5,7 +5,7 @@
 on the output grid, where ``A_j`` is stack ``j``'s operator (``stacks.StackOperator``, through its
 motion) and ``sigma_j`` its noise. The INR is rendered once on the output grid; the gradient
 with respect to that image comes from autograd through every operator and is then pushed into
-the INR slab by slab, as for one stack (``inr.FidelityProblem``). When the motions are being
+the INR, as for one stack (``inr.FidelityProblem``). When the motions are being
 refined (:meth:`StacksFidelity.refine_motion`), the same backward pass gives their gradients.
 """
 
@@ -15,18 +15,17 @@ import torch
 
 from .forward import MIN_NOISE_SIGMA
 from .grids import Grid
-from .inr import FeatureGridINR, backprop_image_grad, render
+from .inr import FeatureGridINR
 from .stacks import StackOperator
 
 
 class StacksFidelity:
     def __init__(self, ys: list[torch.Tensor], operators: list[StackOperator], noise_sigmas: list[float],
-                 out_grid: Grid, slab_voxels: int = 2**20):
+                 out_grid: Grid):
         self.ys, self.ops = ys, operators
         self.inv_vars = [1.0 / max(float(s), MIN_NOISE_SIGMA) ** 2 for s in noise_sigmas]
         self.out_grid = out_grid
         self.scale = 1.0 / ys[0].numel()  # as for the reference stack alone
-        self.slab_voxels = slab_voxels
 
     def refine_motion(self, optimizer: torch.optim.Optimizer, lr: float) -> None:
         """From now on, ``optimizer`` also moves every stack's motion but the reference's (the first)."""
@@ -41,11 +40,12 @@ class StacksFidelity:
 
     def step(self, inr: FeatureGridINR, z: torch.Tensor | None, rho: float) -> float:
         """One gradient evaluation (accumulated into ``.grad``); returns the objective."""
-        f = render(inr, self.out_grid, self.ys[0].device, self.slab_voxels).requires_grad_(True)
+        features = inr.features(self.out_grid)
+        f = inr.decode(features).requires_grad_(True)
         with torch.enable_grad():
             loss = self.data_loss(f)
             if z is not None and rho > 0:
                 loss = loss + rho * (f - z).pow(2).sum()
             (loss * self.scale).backward()
-        backprop_image_grad(inr, self.out_grid, f.grad, self.slab_voxels)
+        inr.backprop(features, f.grad)
         return float(loss.detach()) * self.scale

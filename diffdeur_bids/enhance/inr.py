@@ -5,10 +5,15 @@ A continuous function ``f(p)`` of LF index coordinates: multi-resolution dense f
 CPU) decoded by a small MLP. Being continuous, it renders on any grid: the fidelity grid
 (where ``A`` is exact) and the output grid the user asked for.
 
+A render is two parts: the grids' features interpolated onto the whole grid at once (one
+trilinear resampling per level, whose backward pass is one fast kernel), then the MLP on those
+features in chunks small enough that its activations stay in the CPU's cache (on a 1 M-voxel
+chunk the same MLP runs several times slower, bound by memory traffic).
+
 The fidelity objective is quadratic in the rendered images, so its gradient with respect to
-them is closed form (``A^T`` is explicit). Fitting renders without a graph, forms that
-gradient, then back-propagates through the INR one slab at a time: memory stays bounded by
-the slab size whatever the volume size.
+them is closed form (``A^T`` is explicit). Fitting renders the image from the features with no
+graph through the MLP, forms that gradient, then back-propagates it through the MLP chunk by
+chunk into the features and from them, in one pass, into the grids.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from torch import nn
 
 from .forward import MIN_NOISE_SIGMA
 from .grids import Grid
+
+MLP_CHUNK = 2**14  # voxels per MLP call (benchmarks/inr_speed.py; benchmarks/README.md, "Speed on full heads")
 
 
 class FeatureGridINR(nn.Module):
@@ -44,54 +51,57 @@ class FeatureGridINR(nn.Module):
         pos = ((coords + 0.5) / lf_n * level_n - 0.5).clamp(0, level_n - 1)
         i0 = pos.floor().long().clamp(max=max(level_n - 2, 0))
         w = pos - i0
-        if len(coords) == level_n and bool((w.abs() < 1e-6).all()) and bool((i0 == torch.arange(level_n, device=i0.device)).all()):
-            return h  # the grid's own voxel centres: nothing to interpolate
         i1 = (i0 + 1).clamp(max=level_n - 1)
         shape = [1] * h.dim()
         shape[axis] = -1
         return torch.lerp(h.index_select(axis, i0), h.index_select(axis, i1), w.view(shape))
 
-    def render_axes(self, axes: list[torch.Tensor]) -> torch.Tensor:
-        """Values on the separable grid ``axes[0] x axes[1] x axes[2]`` (LF index coordinates).
+    def _level_on_grid(self, h: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """One level's features ``(X, Y, Z, features)`` at ``grid``'s voxel centres."""
+        if tuple(h.shape[:3]) == tuple(grid.shape) and grid.subdivision is not None \
+                and all(n * k == m for n, k, m in zip(self.lf_shape, grid.subdivision, grid.shape)):
+            return h  # the level's own cells are the grid's voxels: nothing to interpolate
+        if all(abs(o - (-0.5 + s / 2)) < 1e-6 for o, s in zip(grid.origin, grid.step)):
+            # voxel j sits at LF index (j + 0.5) s - 0.5: the half-pixel rule of torch's resampling,
+            # with the scale that maps grid voxels onto the level's cells
+            scales = [lf_n / (s * level_n) for lf_n, s, level_n in zip(self.lf_shape, grid.step, h.shape)]
+            out = torch.ops.aten.upsample_trilinear3d(h.permute(3, 0, 1, 2)[None], list(grid.shape), False, *scales)
+            return out[0].permute(1, 2, 3, 0)
+        for axis, coords in enumerate(grid.lf_coordinates()):
+            h = self._lerp_axis(h, axis, coords.to(h.device), self.lf_shape[axis])
+        return h
 
-        Trilinear interpolation onto a tensor-product grid is three 1D linear interpolations,
-        one per axis: two gathers and a lerp each, O(voxels), and much faster on a CPU than
-        ``grid_sample`` (whose backward pass dominates otherwise).
-        """
-        feats = []
-        for g in self.grids:
-            h = g
-            for axis, coords in enumerate(axes):
-                h = self._lerp_axis(h, axis, coords, self.lf_shape[axis])
-            feats.append(h)
-        return self.mlp(torch.cat(feats, dim=-1))[..., 0]
+    def features(self, grid: Grid) -> torch.Tensor:
+        """Every level's features at ``grid``'s voxel centres, ``(X, Y, Z, levels * features)``."""
+        return torch.cat([self._level_on_grid(g, grid) for g in self.grids], dim=-1)
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        """The MLP on ``features`` (no autograd graph kept): the image ``(X, Y, Z)``."""
+        flat = features.detach().reshape(-1, features.shape[-1])
+        out = torch.empty(flat.shape[0], device=flat.device, dtype=flat.dtype)
+        with torch.no_grad():
+            for start in range(0, flat.shape[0], MLP_CHUNK):
+                out[start:start + MLP_CHUNK] = self.mlp(flat[start:start + MLP_CHUNK])[:, 0]
+        return out.view(features.shape[:-1])
+
+    def backprop(self, features: torch.Tensor, image_grad: torch.Tensor) -> None:
+        """Accumulate d(loss)/d(theta) given d(loss)/d(image) of ``decode(features)``."""
+        flat = features.detach().reshape(-1, features.shape[-1])
+        grad_flat = image_grad.reshape(-1)
+        feature_grad = torch.empty_like(flat)
+        for start in range(0, flat.shape[0], MLP_CHUNK):
+            part = slice(start, start + MLP_CHUNK)
+            chunk = flat[part].detach().requires_grad_(True)
+            self.mlp(chunk)[:, 0].backward(grad_flat[part])
+            feature_grad[part] = chunk.grad
+        if features.requires_grad:
+            features.backward(feature_grad.view(features.shape))
 
 
-def _slabs(n: int, slab: int):
-    for start in range(0, n, slab):
-        yield slice(start, min(n, start + slab))
-
-
-def render(inr: FeatureGridINR, grid: Grid, device, slab_voxels: int = 2**20) -> torch.Tensor:
-    """Render the INR on a grid in slabs along the first axis (no autograd graph kept)."""
-    axes = [a.to(device) for a in grid.lf_coordinates()]
-    per_slice = grid.shape[1] * grid.shape[2]
-    slab = max(1, slab_voxels // per_slice)
-    out = torch.empty(grid.shape, device=device)
+def render(inr: FeatureGridINR, grid: Grid) -> torch.Tensor:
+    """The INR's image on ``grid`` (no autograd graph kept)."""
     with torch.no_grad():
-        for s in _slabs(grid.shape[0], slab):
-            out[s] = inr.render_axes([axes[0][s], axes[1], axes[2]])
-    return out
-
-
-def backprop_image_grad(inr: FeatureGridINR, grid: Grid, image_grad: torch.Tensor, slab_voxels: int = 2**20) -> None:
-    """Accumulate d(loss)/d(theta) given d(loss)/d(rendered image), slab by slab."""
-    device = image_grad.device
-    axes = [a.to(device) for a in grid.lf_coordinates()]
-    slab = max(1, slab_voxels // (grid.shape[1] * grid.shape[2]))
-    for s in _slabs(grid.shape[0], slab):
-        vals = inr.render_axes([axes[0][s], axes[1], axes[2]])
-        vals.backward(image_grad[s])
+        return inr.decode(inr.features(grid))
 
 
 class FidelityProblem:
@@ -101,32 +111,33 @@ class FidelityProblem:
     (they are the same grid, rendered once, when the output subdivides the LF voxels).
     """
 
-    def __init__(self, y: torch.Tensor, operator, noise_sigma: float, fid_grid: Grid, out_grid: Grid, slab_voxels: int = 2**20):
+    def __init__(self, y: torch.Tensor, operator, noise_sigma: float, fid_grid: Grid, out_grid: Grid):
         self.y = y
         self.A = operator
         self.noise_var = max(float(noise_sigma), MIN_NOISE_SIGMA) ** 2
         self.fid_grid, self.out_grid = fid_grid, out_grid
         self.same_grid = fid_grid == out_grid
         self.scale = 1.0 / y.numel()
-        self.slab_voxels = slab_voxels
 
     def step(self, inr: FeatureGridINR, z: torch.Tensor | None, rho: float) -> float:
         """One gradient evaluation (accumulated into ``.grad``); returns the objective."""
-        device = self.y.device
-        f_fid = render(inr, self.fid_grid, device, self.slab_voxels)
+        features = inr.features(self.fid_grid)
+        f_fid = inr.decode(features)
         resid = self.A(f_fid) - self.y
         loss = float(resid.pow(2).sum()) / self.noise_var
         grad_fid = self.A.adjoint(resid) * (2 * self.scale / self.noise_var)
-        if z is not None and rho > 0:
-            f_out = f_fid if self.same_grid else render(inr, self.out_grid, device, self.slab_voxels)
-            diff = f_out - z
+        prox = z is not None and rho > 0
+        if prox and self.same_grid:
+            diff = f_fid - z
             loss += rho * float(diff.pow(2).sum())
-            grad_out = diff * (2 * self.scale * rho)
-            if self.same_grid:
-                grad_fid = grad_fid + grad_out
-            else:
-                backprop_image_grad(inr, self.out_grid, grad_out, self.slab_voxels)
-        backprop_image_grad(inr, self.fid_grid, grad_fid, self.slab_voxels)
+            grad_fid += diff * (2 * self.scale * rho)
+        inr.backprop(features, grad_fid)
+        del features, f_fid, grad_fid
+        if prox and not self.same_grid:
+            features = inr.features(self.out_grid)
+            diff = inr.decode(features) - z
+            loss += rho * float(diff.pow(2).sum())
+            inr.backprop(features, diff * (2 * self.scale * rho))
         return loss * self.scale
 
 
