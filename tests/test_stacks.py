@@ -85,6 +85,25 @@ def test_stack_operator_adjoint_passes_the_dot_product_test_for_an_oblique_moved
     assert abs(lhs) > 1.0
 
 
+def test_an_unmoved_reference_is_read_by_upsampling_with_the_values_of_grid_sample():
+    """The reference stack (never moved) takes the separable path; moved, or any other stack, grid_sample's."""
+    affine = np.eye(4)
+    affine[:3, :3] = Rotation.from_rotvec([0.2, -0.1, 0.3]).as_matrix() @ np.diag([1.5, 1.5, 5.0])
+    out = output_grid((20, 24, 6), affine, 1.0)  # 1.5 mm voxels on a 1 mm grid: not a subdivision
+    op = StackOperator(out, (20, 24, 6), affine, 0.5, [0, 0, 0], "cpu")
+    assert op._upsampling()
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.rand(out.shape, generator=gen), torch.rand((20, 24, 6), generator=gen)
+    fast = op(x), op.adjoint(y)
+    op.params = torch.tensor([0.0, 0.0, 0.0, 1e-9, 0.0, 0.0], dtype=torch.float64)  # moved: grid_sample's path
+    assert not op._upsampling()
+    torch.testing.assert_close(fast[0], op(x), atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast[1], op.adjoint(y), atol=1e-5, rtol=0)
+    assert float((fast[0] * y).sum()) == pytest.approx(float((x * fast[1]).sum()), rel=1e-5)
+    other = StackOperator(out, (20, 6, 24), affine @ np.eye(4)[[0, 2, 1, 3]], 0.5, [0, 0, 0], "cpu")
+    assert not other._upsampling()
+
+
 def test_registration_recovers_a_known_motion(stacks):
     """A 3 deg / 2 mm motion (of the protocol's kind) recovered to under 0.5 mm at the 160 mm cube's corners."""
     ref = stacks["stacks"][0]

@@ -4,7 +4,8 @@ The stack's motion parameters (``StackOperator.params``) are fitted so that the 
 seen through the stack, ``A_j(T) x``, correlates best with the stack's data ``y_j``: normalised
 cross-correlation (the stacks share the contrast, not necessarily the intensity scale), coarse to
 fine (both sides blurred in-plane by the same Gaussian, then less), by Adam on the six
-parameters. Comparing through ``A_j`` puts the reconstruction at the stack's resolution, so thick
+parameters. The blurred levels see the stack through its coarse twin (``StackOperator.coarse``:
+one point per voxel in-plane), the last, unblurred one through the exact operator. Comparing through ``A_j`` puts the reconstruction at the stack's resolution, so thick
 slices and other orientations are compared like with like.
 """
 
@@ -76,13 +77,15 @@ def register(op: StackOperator, x: torch.Tensor, y: torch.Tensor, levels=LEVELS,
     (``noise_sigma``, ``y``'s noise, for :func:`detail_ncc`)."""
     x = x.detach()
     params = op.params.detach().clone().requires_grad_(True)
+    coarse = op.coarse() if any(sigma > 0 for sigma, _, _ in levels) else op
     for sigma, step, iters in levels:
         blur = _blur(op, sigma)
         target = blur(y)
+        level_op = coarse if sigma > 0 else op
         optimiser = torch.optim.Adam([params], lr=step)
         for _ in range(iters):
-            op.params = params
-            loss = 1.0 - ncc(blur(op(x)), target)
+            level_op.params = params
+            loss = 1.0 - ncc(blur(level_op(x)), target)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
