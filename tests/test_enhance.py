@@ -124,7 +124,7 @@ def test_inr_fit_lowers_residual_and_renders_other_grid(simulated):
     last = fit_inr(inr, problem, opt, 30)
     assert last < 0.5 * first
     other = output_grid(lf.shape, lf_aff, 3.0)
-    img = render(inr, other, "cpu")
+    img = render(inr, other)
     assert tuple(img.shape) == other.shape
     assert np.allclose(np.sqrt((other.affine[:3, :3] ** 2).sum(0)), 3.0)
     assert torch.isfinite(img).all()
@@ -343,3 +343,26 @@ def test_training_writes_a_prior_that_loads_and_records_how_it_was_made(tmp_path
     meta = json.loads((tmp_path / "prior_metadata.json").read_text())
     assert meta["training_steps"] == 2 and meta["parameters"] == prior.num_parameters > 500_000
     assert prior.metadata["training_steps"] == 2 and (tmp_path / "loss_log.csv").is_file()
+
+
+def test_diffdeur_estimates_the_time_left_from_its_first_progress_line(simulated):
+    """After the start, the expected step cost (its INR iterations, the prior's cost per voxel) gives an estimate."""
+    lf, lf_aff, _, _ = simulated
+    ticks = []
+    settings = EnhanceSettings.preset("fast", steps=2, inr_init_iters=4, output_resolution=2.0, device="cpu")
+    enhance(lf[:24, :24, :8], lf_aff, settings, prior=load_prior(), progress=lambda *tick: ticks.append(tick))
+    assert [t[0] for t in ticks] == [1, 2, 3]
+    assert ticks[0][3] is not None and ticks[0][3] > 0
+    assert ticks[-1][3] == 0.0
+
+
+def test_the_progress_bar_shows_the_scan_and_its_steps(simulated, capsys):
+    from diffdeur_bids.interfaces.enhance import _run_enhance
+
+    lf, lf_aff, _, _ = simulated
+    settings = EnhanceSettings.preset("fast", method="linear", output_resolution=2.0, device="cpu")
+    _run_enhance("sub-01_T1w.nii.gz", lf, lf_aff, settings, None, progress_bar=True)
+    err = capsys.readouterr().err
+    assert "sub-01_T1w.nii.gz: 1/1" in err and "s left" in err
+    _run_enhance("sub-01_T1w.nii.gz", lf, lf_aff, settings, None)
+    assert "1/1" not in capsys.readouterr().err

@@ -27,3 +27,10 @@ def test_methods_without_a_start_use_the_mean_step():
     left = TimeLeft(steps_per_sample=4, clock=clock(0, 5, 15))
     assert left.tick() == (1, 4, 5, 15.0)
     assert left.tick() == (2, 4, 15, 15.0)
+
+
+def test_an_expected_step_cost_gives_the_first_line_an_estimate():
+    left = TimeLeft(steps_per_sample=5, start_ticks=1, clock=clock(0, 100, 112, 124))
+    assert left.tick(expected_step_s=10.0) == (1, 5, 100, 40.0)  # four steps of the expected 10 s
+    assert left.tick() == (2, 5, 112, 36.0)  # then the measured 12 s replaces the expectation
+    assert left.tick(expected_step_s=1.0)[3] == 24.0

@@ -132,8 +132,8 @@ def enhance(lf, lf_affine, settings: EnhanceSettings | None = None, prior: Prior
 
     time_left = TimeLeft(method.ticks(settings), settings.num_samples, method.start_ticks, clock=time.time, t0=t_start)
 
-    def tick():
-        done = time_left.tick()
+    def tick(expected_step_s=None):
+        done = time_left.tick(expected_step_s)
         if progress:
             progress(*done)
 

@@ -17,6 +17,8 @@ with the INR (as slice-to-volume reconstruction refines its slices' positions).
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from .forward import MIN_NOISE_SIGMA
@@ -35,9 +37,12 @@ def run_diffdeur(p: Problem) -> torch.Tensor:
     inr = make_inr(obs.y.shape, obs.fid_grid, p.out_grid, p.device, init_value=float(obs.y.mean()))
     opt = make_optimizer(inr, s.inr_lr)
     start = data_consistent_start(p)
+    t0 = time.perf_counter()
     fit_inr(inr, fid, opt, s.inr_init_iters, z=start, rho=s.inr_init_pull / max(obs.noise_sigma, MIN_NOISE_SIGMA) ** 2)
-    x0 = render(inr, p.out_grid, p.device)
-    p.tick()
+    x0 = render(inr, p.out_grid)
+    # a step is inr_iters of the same INR iterations and one prior pass over the output grid
+    inr_iter_s = (time.perf_counter() - t0) / s.inr_init_iters
+    p.tick(expected_step_s=s.inr_iters * inr_iter_s + p.prior_cost(x0.numel()))
 
     sigmas = karras_sigmas(s.steps, s.sigma_start, s.sigma_end)
     refine_from = sigmas[len(sigmas) // 2] if p.fused and s.steps > 1 else -1.0
@@ -49,7 +54,7 @@ def run_diffdeur(p: Problem) -> torch.Tensor:
             fid.refine_motion(opt, MOTION_LR)
             refining.append(sigma)
         fit_inr(inr, fid, opt, s.inr_iters, z=z, rho=s.mu / sigma**2)
-        return render(inr, p.out_grid, p.device)
+        return render(inr, p.out_grid)
 
     x = sample_problem(p, inr_prox, x0)
     if p.fused:

@@ -7,6 +7,7 @@ item. :func:`check_input` refuses what cannot be enhanced and repairs (and repor
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -53,8 +54,10 @@ class Problem:
     device: torch.device
     prior: Prior | None
     generator: torch.Generator
-    tick: Callable[[], None] = field(default=lambda: None)
+    tick: Callable[..., None] = field(default=lambda expected_step_s=None: None)  # a part done (``progress.TimeLeft``)
     notes: dict = field(default_factory=dict)  # what a method found on the way (the stacks' registration)
+    prior_seconds: float = 0.0  # time spent in the prior step so far, and on how many voxels: its measured cost
+    prior_voxels: int = 0
 
     @property
     def scan(self) -> Observation:
@@ -82,7 +85,15 @@ class Problem:
 
     def denoise(self, x: torch.Tensor, sigma: float, axis: int) -> torch.Tensor:
         """The prior step ``D(x; sigma)``, slices along ``axis``."""
-        return self.prior.denoise(x, sigma, axis, max_pixels=self.settings.max_pixels)
+        t0 = time.perf_counter()
+        out = self.prior.denoise(x, sigma, axis, max_pixels=self.settings.max_pixels)
+        self.prior_seconds += time.perf_counter() - t0
+        self.prior_voxels += x.numel()
+        return out
+
+    def prior_cost(self, voxels: int) -> float:
+        """Seconds the prior step should take on ``voxels`` voxels, from what it has cost so far."""
+        return self.prior_seconds / self.prior_voxels * voxels if self.prior_voxels else 0.0
 
     def randn(self, shape) -> torch.Tensor:
         return torch.randn(shape, generator=self.generator, device=self.device)

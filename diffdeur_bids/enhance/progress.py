@@ -4,8 +4,10 @@ A sample of DiffDeuR is one start (the prior on the LF slices, the INR's first f
 full head) and then ``steps`` sampler steps of a different, smaller cost. Dividing the elapsed time
 by the ticks done, as if every tick cost the same, overstates the time left by the start's share
 (issue 19 measured "about 2228 s left" with 263 s to go). Here the start ticks and the step ticks
-are timed apart, and the time left is their measured means times what is left of each; until a
-step has been timed there is no estimate (``None``).
+are timed apart, and the time left is their measured means times what is left of each. Before a
+step has been timed, the method may give the step's expected cost from the parts of the start it
+shares with a step (DiffDeuR: its INR iterations and the prior's cost per voxel); without that
+there is no estimate (``None``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class TimeLeft:
     _last: float = field(init=False, default=0.0)
     _starts: list = field(init=False, default_factory=list)
     _steps: list = field(init=False, default_factory=list)
+    _expected_step: float | None = field(init=False, default=None)
 
     def __post_init__(self):
         self.t0 = self.clock() if self.t0 is None else self.t0
@@ -35,7 +38,10 @@ class TimeLeft:
     def total(self) -> int:
         return self.steps_per_sample * self.samples
 
-    def tick(self) -> tuple[int, int, float, float | None]:
+    def tick(self, expected_step_s: float | None = None) -> tuple[int, int, float, float | None]:
+        """One part done; ``expected_step_s``: what a step should cost, used until one is timed."""
+        if expected_step_s is not None:
+            self._expected_step = float(expected_step_s)
         now = self.clock()
         done = len(self._starts) + len(self._steps)
         in_sample = done % self.steps_per_sample
@@ -50,9 +56,12 @@ class TimeLeft:
         if left <= 0:
             return 0.0
         step_ticks = self.steps_per_sample - self.start_ticks
-        if step_ticks > 0 and not self._steps:
+        if self._steps:
+            step = sum(self._steps) / len(self._steps)
+        elif step_ticks > 0 and self._expected_step is None:
             return None
-        step = sum(self._steps) / len(self._steps) if self._steps else 0.0
+        else:
+            step = self._expected_step or 0.0
         start = sum(self._starts) / len(self._starts) if self._starts else 0.0
         starts_left = sum(1 for tick in range(done, self.total) if tick % self.steps_per_sample < self.start_ticks)
         return starts_left * start + (left - starts_left) * step

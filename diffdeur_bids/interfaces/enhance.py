@@ -31,6 +31,7 @@ class _EnhanceInputSpec(TraitedSpec):
     threads = traits.Int(1, usedefault=True, nohash=True, desc="CPU threads for torch")
     use_gpu = traits.Bool(False, usedefault=True, nohash=True, desc="for Nipype's GPU scheduling only")
     label = traits.Str("", usedefault=True, nohash=True, desc="name of the scan in progress messages")
+    progress_bar = traits.Bool(False, usedefault=True, nohash=True, desc="a progress bar on stderr (--verbose)")
 
 
 class _EnhanceOutputSpec(TraitedSpec):
@@ -81,18 +82,29 @@ def _settings_and_prior(inputs):
     return settings, load_prior(inputs.prior, device=device)
 
 
-def _run_enhance(label: str, data, affine, settings, prior):
-    """``enhance`` with progress in the log and the error users read when it does not fit in memory."""
+def _run_enhance(label: str, data, affine, settings, prior, progress_bar: bool = False):
+    """``enhance`` with progress in the log (and on a bar when asked), and the error users read when it
+    does not fit in memory."""
+    from tqdm import tqdm
+
     from ..enhance import enhance
+
+    bar = tqdm(desc=label, unit="step", dynamic_ncols=True, disable=not progress_bar,
+               bar_format="{desc}: {n}/{total} {bar} {elapsed} elapsed, {postfix}")
 
     def progress(step, total, elapsed, eta):
         left = "the time left is known after the first sampler step" if eta is None else f"about {eta:.0f} s left"
         log.info("%s: step %d/%d, %.0f s elapsed, %s", label, step, total, elapsed, left)
+        bar.total = total
+        bar.update(step - bar.n)
+        bar.set_postfix_str(left)  # the log's estimate, not tqdm's own (which would count the start as a step)
 
     try:
         return enhance(data, affine, settings, prior=prior, progress=progress)
     except (torch.cuda.OutOfMemoryError, MemoryError) as e:
         raise _out_of_memory(label, e) from e
+    finally:
+        bar.close()
 
 
 def _save_result(result, data, affine, code, folder: Path, prefix: str = "") -> dict:
@@ -124,7 +136,7 @@ class EnhanceImage(SimpleInterface):
         settings, prior = _settings_and_prior(self.inputs)
         data, affine, header = load_volume(self.inputs.in_file)
         label = self.inputs.label or Path(self.inputs.in_file).name
-        result = _run_enhance(label, data, affine, settings, prior)
+        result = _run_enhance(label, data, affine, settings, prior, self.inputs.progress_bar)
         files = _save_result(result, data, affine, space_code(header), Path(runtime.cwd))
         self._results.update({k: v for k, v in files.items() if v})
         return runtime
@@ -168,14 +180,14 @@ class EnhanceStacks(SimpleInterface):
         datas, affines = [d for d, _, _ in loaded], [a for _, a, _ in loaded]
         code, cwd = space_code(loaded[0][2]), Path(runtime.cwd)
         try:
-            result = _run_enhance(" + ".join(labels), datas, affines, settings, prior)
+            result = _run_enhance(" + ".join(labels), datas, affines, settings, prior, self.inputs.progress_bar)
             made, reason = [_save_result(result, datas[0], affines[0], code, cwd)], ""
         except RegistrationError as e:
             reason = str(e)
             log.warning("%s: not fused, %s; each stack is enhanced on its own", " + ".join(labels), reason)
             made = []
             for i, (label, (data, affine, header)) in enumerate(zip(labels, loaded)):
-                result = _run_enhance(label, data, affine, settings, prior)
+                result = _run_enhance(label, data, affine, settings, prior, self.inputs.progress_bar)
                 made.append(_save_result(result, data, affine, space_code(header), cwd, prefix=f"stack{i}_"))
         self._results.update(fused=not reason, reason=reason, out_file=made[0]["out_file"],
                              out_files=[m["out_file"] for m in made], std_files=[m["std_file"] for m in made],
