@@ -12,12 +12,14 @@ space and is the child's own peak; ``ru_maxrss`` is still recorded beside it.
 
 from __future__ import annotations
 
+import cProfile
 import datetime as _dt
 import io
 import math
 import multiprocessing as mp
 import os
 import platform
+import pstats
 import resource
 import subprocess
 import sys
@@ -71,8 +73,13 @@ def _run_job(job: dict) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     ticks = []  # (done, total, elapsed s, estimated s left): what the progress lines said
+    profiler = cProfile.Profile() if job.get("profile") else None
     t0 = time.perf_counter()
+    if profiler:
+        profiler.enable()
     res = enhance(job["lf"], job["lf_affine"], settings, prior=prior, progress=lambda *tick: ticks.append(tick))
+    if profiler:
+        profiler.disable()
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -82,7 +89,39 @@ def _run_job(job: dict) -> dict:
         "peak_rss_mb": peak_rss_mb(), "rss_before_method_mb": rss_before_mb, "ru_maxrss_mb": _maxrss_mb(),
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         "threads": torch.get_num_threads(),
+        "parts": part_times(profiler) if profiler else None,
     }
+
+
+# The parts of a run the speed benchmarks report: (label, file in diffdeur_bids/enhance, function).
+# Cumulative times, so they nest: the INR fit holds its renders, back-propagations and operators.
+PARTS = [
+    ("prepare (noise, acquired grid)", "api.py", "prepare_scan"),
+    ("start (prior on LF slices + projection)", "start.py", "data_consistent_start"),
+    ("registration", "alignment.py", "align_stacks"),
+    ("prior", "prior.py", "denoise"),
+    ("INR fit", "inr.py", "fit_inr"),
+    ("INR features (interpolation)", "inr.py", "features"),
+    ("INR decode (MLP)", "inr.py", "decode"),
+    ("INR back-propagation", "inr.py", "backprop"),
+    ("operator A", "forward.py", "__call__"),
+    ("operator A^T", "forward.py", "adjoint"),
+    ("stack operator A", "stacks.py", "__call__"),
+    ("stack operator A^T", "stacks.py", "adjoint"),
+    ("resample", "grids.py", "resample"),
+]
+
+
+def part_times(profiler) -> list[dict]:
+    """Cumulative seconds and calls of each of :data:`PARTS` that ran (recursion counted once, as cProfile does)."""
+    stats = pstats.Stats(profiler).stats  # {(file, line, name): (calls, primitive calls, tottime, cumtime, callers)}
+    rows = []
+    for label, filename, func in PARTS:
+        matches = [v for (f, _, name), v in stats.items()
+                   if name == func and f.replace(os.sep, "/").endswith(f"diffdeur_bids/enhance/{filename}")]
+        if matches:
+            rows.append({"part": label, "seconds": round(sum(v[3] for v in matches), 2), "calls": sum(v[1] for v in matches)})
+    return rows
 
 
 def _maxrss_mb() -> float:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import pstats
 import sys
 import time
 from pathlib import Path
@@ -30,17 +29,6 @@ import numpy as np  # noqa: E402
 import common  # noqa: E402
 from sim_lf import DEFAULT_DATA, VALIDATION_SPLIT, load_hf  # noqa: E402
 
-# The method's parts, as (label, file suffix, function name) for pstats' cumulative times.
-PARTS = [
-    ("prior denoiser (U-Net on every slice)", "enhance/prior.py", "denoise_slices"),
-    ("INR fitting (all fidelity steps)", "enhance/inr.py", "fit_inr"),
-    ("  of which: INR forward renders", "enhance/inr.py", "render"),
-    ("  of which: INR backward, slab by slab", "enhance/inr.py", "backprop_image_grad"),
-    ("  of which: operator A (blur + block mean)", "enhance/forward.py", "__call__"),
-    ("  of which: adjoint A^T", "enhance/forward.py", "adjoint"),
-    ("noise estimate", "enhance/noise.py", "wavelet_mad_sigma"),
-    ("interpolation of the start", "enhance/grids.py", "resample"),
-]
 
 # Degradation variants: one part of the track at a time (k, PSF sigma, noise sigma).
 VARIANTS = {
@@ -96,13 +84,7 @@ def profile_time(args, track: str) -> dict:
     enhance(lf, lf_aff, settings, prior=prior)
     profiler.disable()
     total = time.perf_counter() - t0
-    stats = pstats.Stats(profiler).stats  # {(file, line, func): (cc, nc, tottime, cumtime, callers)}
-    rows = []
-    for label, suffix, func in PARTS:
-        matches = [v for (f, _, fn), v in stats.items() if f.endswith(suffix) and fn == func]
-        cum = sum(v[3] for v in matches)
-        calls = sum(v[1] for v in matches)
-        rows.append({"part": label, "seconds": round(cum, 2), "share": round(cum / total, 3), "calls": calls})
+    rows = [{**row, "share": round(row["seconds"] / total, 3)} for row in common.part_times(profiler)]
     return {"volume": name, "shape_out": list(gt.shape), "preset": args.preset, "seconds_total": round(total, 2), "parts": rows}
 
 

@@ -69,14 +69,15 @@ def memory_limit_gb() -> float | None:
 
 # Peak memory of one enhancement: a base (torch, the prior, the prior's batches of slices and their
 # activations, which do not grow with the volume) plus bytes per output voxel (the estimate, the INR's
-# feature grids and their gradients, the rendered slabs). Fitted to the peaks measured on a 1.1 M-voxel crop,
-# the 2.8 M-voxel brains of the 1 mm track and a 7.0 M-voxel full head, each within 15 %
-# (benchmarks/README.md, "Memory model"). Nipype uses it to decide how many scans run at once under --mem.
-_BYTES_PER_OUTPUT_VOXEL = 120
-_BASE_GB = 1.0
-# Each further fused stack: its operator's sample points and their gradients through the sampling
-# (benchmarks/README.md, "Memory model").
-_BYTES_PER_STACK_OUTPUT_VOXEL = 40
+# feature grids, their values on the whole grid and the gradients of both). Fitted to the peaks measured on
+# full heads at 2 mm and 1 mm output (0.9 M and 7.0 M voxels) and checked on the benchmark's 1.3 M- and
+# 2.8 M-voxel volumes and three fused stacks of a head: within 8 % of each (benchmarks/README.md, "Memory model").
+# Nipype uses it to decide how many scans run at once under --mem.
+_BYTES_PER_OUTPUT_VOXEL = 150
+_BASE_GB = 0.75
+# Each further fused stack: its operator's sample points (kept while its motion holds) and their gradients
+# through the sampling.
+_BYTES_PER_STACK_OUTPUT_VOXEL = 50
 # The input itself: the stored data, its float32 copy, the normalised copy and the reoriented copy.
 _BYTES_PER_INPUT_VOXEL = 16
 
