@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .forward import MIN_NOISE_SIGMA
-from .grids import Grid
+from .grids import Grid, half_pixel_scales, upsample_trilinear
 
 MLP_CHUNK = 2**14  # voxels per MLP call (benchmarks/inr_speed.py; benchmarks/README.md, "Speed on full heads")
 
@@ -58,18 +58,18 @@ class FeatureGridINR(nn.Module):
 
     def _level_on_grid(self, h: torch.Tensor, grid: Grid) -> torch.Tensor:
         """One level's features ``(X, Y, Z, features)`` at ``grid``'s voxel centres."""
-        if tuple(h.shape[:3]) == tuple(grid.shape) and grid.subdivision is not None \
-                and all(n * k == m for n, k, m in zip(self.lf_shape, grid.subdivision, grid.shape)):
+        # grid voxel j lies at LF index o + s j, level cell c at (c + 0.5) lf_n / level_n - 0.5
+        per_lf = [level_n / lf_n for level_n, lf_n in zip(h.shape, self.lf_shape)]
+        scales = half_pixel_scales([s * r for s, r in zip(grid.step, per_lf)],
+                                   [(o + 0.5) * r - 0.5 for o, r in zip(grid.origin, per_lf)])
+        if scales is None:  # a grid off torch's rule: three 1D interpolations
+            for axis, coords in enumerate(grid.lf_coordinates()):
+                h = self._lerp_axis(h, axis, coords.to(h.device), self.lf_shape[axis])
+            return h
+        if tuple(h.shape[:3]) == tuple(grid.shape) and all(abs(v - 1) < 1e-9 for v in scales):
             return h  # the level's own cells are the grid's voxels: nothing to interpolate
-        if all(abs(o - (-0.5 + s / 2)) < 1e-6 for o, s in zip(grid.origin, grid.step)):
-            # voxel j sits at LF index (j + 0.5) s - 0.5: the half-pixel rule of torch's resampling,
-            # with the scale that maps grid voxels onto the level's cells
-            scales = [lf_n / (s * level_n) for lf_n, s, level_n in zip(self.lf_shape, grid.step, h.shape)]
-            out = torch.ops.aten.upsample_trilinear3d(h.permute(3, 0, 1, 2)[None], list(grid.shape), False, *scales)
-            return out[0].permute(1, 2, 3, 0)
-        for axis, coords in enumerate(grid.lf_coordinates()):
-            h = self._lerp_axis(h, axis, coords.to(h.device), self.lf_shape[axis])
-        return h
+        # channels last as (1, C, X, Y, Z) in channels_last_3d layout: torch's fast path, no copy
+        return upsample_trilinear(h.permute(3, 0, 1, 2)[None], grid.shape, scales)[0].permute(1, 2, 3, 0)
 
     def features(self, grid: Grid) -> torch.Tensor:
         """Every level's features at ``grid``'s voxel centres, ``(X, Y, Z, levels * features)``."""

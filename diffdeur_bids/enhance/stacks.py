@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .forward import Degradation
-from .grids import Grid, subdivided_grid, voxel_sizes
+from .grids import Grid, half_pixel_scales, subdivided_grid, upsample_trilinear, upsample_trilinear_adjoint, voxel_sizes
 from .rigid import rigid_matrix
 
 THICK_RATIO = 1.5  # an axis whose voxel is this many times the finest is a slice axis: no PSF across it
@@ -89,15 +89,13 @@ class StackOperator:
         return (self._after @ inverse @ self._before)[:3].float().to(self.device)[None]
 
     def _half_pixel_scales(self, out_grid: Grid) -> list[float] | None:
-        """Unmoved, do the sub-voxel points lie on the output grid's axes by torch's half-pixel rule
-        (fine voxel ``j`` at output index ``d (j + 0.5) - 0.5``)? Then the scales with which trilinear
-        upsampling reads them (as the reference stack, never moved, is read), else ``None``."""
+        """Unmoved, do the sub-voxel points lie on the output grid's axes by torch's half-pixel rule? Then the
+        scales with which trilinear upsampling reads them (as the reference stack, never moved, is read)."""
         to_out = np.linalg.inv(out_grid.affine) @ self.fine.affine
         d = np.diag(to_out[:3, :3])
-        if not (np.allclose(to_out[:3, :3], np.diag(d), atol=1e-6) and np.all(d > 0)
-                and np.allclose(to_out[:3, 3], (d - 1) / 2, atol=1e-6)):
+        if not np.allclose(to_out[:3, :3], np.diag(d), atol=1e-6):
             return None
-        return [float(1 / v) for v in d]
+        return half_pixel_scales(d, to_out[:3, 3])
 
     def _upsampling(self) -> bool:
         return self._aligned_scales is not None and not self.params.requires_grad and not bool(self.params.any())
@@ -116,7 +114,7 @@ class StackOperator:
     def sample(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` at the stack's sub-voxel points (the fine grid ``self.fine``)."""
         if self._upsampling():  # the same values by a separable kernel, several times faster than grid_sample
-            return torch.ops.aten.upsample_trilinear3d(x[None, None], list(self.fine.shape), False, *self._aligned_scales)[0, 0]
+            return upsample_trilinear(x[None, None], self.fine.shape, self._aligned_scales)[0, 0]
         return F.grid_sample(x[None, None], self._points(), mode="bilinear", padding_mode="border", align_corners=True)[0, 0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,8 +124,7 @@ class StackOperator:
         """``A_j^T y`` on the output grid (the operator is linear in ``x``)."""
         fine = self.degradation.adjoint(y)
         if self._upsampling():
-            return torch.ops.aten.upsample_trilinear3d_backward(
-                fine[None, None], list(self.fine.shape), [1, 1, *self.out_shape], False, *self._aligned_scales)[0, 0]
+            return upsample_trilinear_adjoint(fine[None, None], (1, 1, *self.out_shape), self._aligned_scales)[0, 0]
         zeros = torch.zeros((1, 1, *self.out_shape), device=y.device, dtype=y.dtype)  # only its shape matters
         grad, _ = torch.ops.aten.grid_sampler_3d_backward(
             fine[None, None], zeros, self._points().detach(), 0, 1, True, [True, False])  # bilinear, border
