@@ -59,7 +59,8 @@ def _run_job(job: dict) -> dict:
     import torch
 
     from diffdeur_bids.enhance import METHODS, EnhanceSettings, enhance
-    from diffdeur_bids.priors import load_prior
+    from diffdeur_bids.priors import load_prior, load_upsampler
+    from diffdeur_bids.priors.checkpoint import read_upsampler
 
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
@@ -68,6 +69,9 @@ def _run_job(job: dict) -> dict:
     rss_before_mb = peak_rss_mb()
     t0 = time.perf_counter()
     prior = load_prior(device=settings.device) if METHODS[settings.method].needs_prior else None
+    upsampler = None
+    if settings.learned_upsampling:  # the shipped one, or a file under trial (--upsampler)
+        upsampler = read_upsampler(job["upsampler"]) if job.get("upsampler") else load_upsampler(settings.device)
     load_s = time.perf_counter() - t0
     if cuda:
         torch.cuda.synchronize()
@@ -77,7 +81,8 @@ def _run_job(job: dict) -> dict:
     t0 = time.perf_counter()
     if profiler:
         profiler.enable()
-    res = enhance(job["lf"], job["lf_affine"], settings, prior=prior, progress=lambda *tick: ticks.append(tick))
+    res = enhance(job["lf"], job["lf_affine"], settings, prior=prior, progress=lambda *tick: ticks.append(tick),
+                  upsampler=upsampler)
     if profiler:
         profiler.disable()
     if cuda:

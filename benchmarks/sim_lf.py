@@ -77,6 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="override the preset's prior steps (smoke runs)")
     p.add_argument("--crop", type=int, default=None, help="crop each HF volume to N voxels per axis (smoke runs)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per method run")
+    p.add_argument("--learned-upsampling", choices=["on", "off"], default=None,
+                   help="pass the start through the learned upsampler, or not (default: the settings' default)")
+    p.add_argument("--upsampler", type=Path, default=None, help="upsampler weights under trial (default: the shipped ones)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="noise draw of the simulation and the methods' seed")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: benchmarks/results/<date>)")
@@ -191,7 +194,10 @@ def make_job(name: str, sim: dict, args) -> dict:
         lf, lf_affine = [s["lf"] for s in sim["stacks"]], [s["affine"] for s in sim["stacks"]]
     elif "stacks" in sim:  # sim-lf-v2's PSF is in-plane only (the reference stack's slices run along its third axis)
         settings["psf_sigma"] = (0.5, 0.5, 0.0)
-    return {"preset": preset, "settings": settings, "lf": lf, "lf_affine": lf_affine, "threads": args.threads}
+    if args.learned_upsampling:
+        settings["learned_upsampling"] = args.learned_upsampling == "on"
+    return {"preset": preset, "settings": settings, "lf": lf, "lf_affine": lf_affine, "threads": args.threads,
+            "upsampler": str(args.upsampler) if args.upsampler else None}
 
 
 def mean_of_stacks(sim: dict) -> dict:

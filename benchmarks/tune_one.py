@@ -6,6 +6,8 @@
         --crop-to-head --methods cubic diffdeur --set num_samples=2
     python benchmarks/tune_one.py ../shared/data/hf/1mm/IXI002-Guys-0828_T1w_brain_hdbet.nii.gz --track 1mm \
         --crop-to-head --noise-sigma 0 --methods cubic start --set start_damping=0
+    python benchmarks/tune_one.py ../shared/data/hf/ixi_2mm/IXI212-HH-1643_T1w.nii.gz --track 2mm \
+        --methods start diffdeur --set learned_upsampling=1 --upsampler runs/upsampler_v1/upsampler.safetensors
 
 Each ``--set NAME=VALUE`` overrides an ``EnhanceSettings`` field of the default preset; scores are
 sim-lf-v1's (PSNR, SSIM; LPIPS with --lpips). Use the full benchmark (sim_lf.py) for reported figures.
@@ -23,7 +25,8 @@ import torch
 from diffdeur_bids.enhance import METHODS, EnhanceSettings, enhance
 from diffdeur_bids.evaluation.metrics import score_volume
 from diffdeur_bids.evaluation.protocol import TRACKS, simulate_lowfield
-from diffdeur_bids.priors import DEFAULT_PRIOR, load_prior
+from diffdeur_bids.priors import DEFAULT_PRIOR, load_prior, load_upsampler
+from diffdeur_bids.priors.checkpoint import read_upsampler
 
 
 def _crop_to_head(hf: np.ndarray, affine: np.ndarray, margin: int = 4):
@@ -51,6 +54,7 @@ def main():
     ap.add_argument("--track", choices=sorted(TRACKS), default="2mm")
     ap.add_argument("--methods", nargs="+", default=["linear", "diffdeur"], choices=sorted(METHODS))
     ap.add_argument("--prior", default=DEFAULT_PRIOR, help="a shipped prior's name or a weights file")
+    ap.add_argument("--upsampler", default=None, help="learned upsampler weights (default: the shipped ones)")
     ap.add_argument("--quality", default="default")
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE")
     ap.add_argument("--threads", type=int, default=1)
@@ -71,10 +75,12 @@ def main():
     lf, lf_aff, gt, gt_aff = simulate_lowfield(hf, hf_aff, **track, seed=0)
     resolution = tuple(float(v) for v in np.sqrt((gt_aff[:3, :3] ** 2).sum(0)))
     prior = load_prior(args.prior) if any(METHODS[m].needs_prior for m in args.methods) else None
+    upsampler = read_upsampler(args.upsampler) if args.upsampler else None
     for method in args.methods:
         settings = EnhanceSettings.preset(args.quality, method=method, output_resolution=resolution, device="cpu", **overrides)
         t0 = time.time()
-        res = enhance(lf, lf_aff, settings, prior=prior)
+        res = enhance(lf, lf_aff, settings, prior=prior,
+                      upsampler=upsampler or (load_upsampler() if settings.learned_upsampling else None))
         s = score_volume(res.image, res.affine, gt, gt_aff, lpips=args.lpips)
         lp = f" LPIPS {s['lpips']:.3f}" if args.lpips else ""
         print(f"{method:10s} PSNR {s['psnr']:.2f} SSIM {s['ssim']:.3f}{lp} {time.time() - t0:.1f} s  {overrides}", flush=True)

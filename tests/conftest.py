@@ -79,3 +79,15 @@ def prior_args() -> list[str]:
     """Use the shipped prior; DIFFDEUR_TEST_PRIOR points at other weights (e.g. before one is shipped)."""
     path = os.environ.get("DIFFDEUR_TEST_PRIOR")
     return ["--prior", path] if path else []
+
+
+@pytest.fixture(scope="module")
+def mni_small():
+    """A 2 mm MNI152 crop (RAS+): small enough for seconds-long solver runs."""
+    nilearn_datasets = pytest.importorskip("nilearn.datasets")
+    img = nilearn_datasets.load_mni152_template(resolution=2)
+    data = np.asarray(img.get_fdata(), dtype=np.float32)
+    crop = (slice(20, 76), slice(30, 90), slice(24, 72))
+    affine = img.affine.copy()
+    affine[:3, 3] = img.affine[:3, :3] @ [c.start for c in crop] + img.affine[:3, 3]
+    return data[crop], affine

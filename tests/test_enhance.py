@@ -29,18 +29,6 @@ from diffdeur_bids.priors.registry import SHIPPED
 
 
 @pytest.fixture(scope="module")
-def mni_small():
-    """A 2 mm MNI152 crop (RAS+): small enough for seconds-long solver runs."""
-    nilearn_datasets = pytest.importorskip("nilearn.datasets")
-    img = nilearn_datasets.load_mni152_template(resolution=2)
-    data = np.asarray(img.get_fdata(), dtype=np.float32)
-    crop = (slice(20, 76), slice(30, 90), slice(24, 72))
-    affine = img.affine.copy()
-    affine[:3, 3] = img.affine[:3, :3] @ [c.start for c in crop] + img.affine[:3, 3]
-    return data[crop], affine
-
-
-@pytest.fixture(scope="module")
 def simulated(mni_small):
     hf, aff = mni_small
     return simulate_lowfield(hf, aff, k=(1, 1, 3), psf_sigma=0.5, noise_sigma=0.04, seed=0)

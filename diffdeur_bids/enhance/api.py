@@ -20,6 +20,7 @@ from .prior import Prior
 from .problem import Problem, check_input, observation, plan_grids, stack_observation
 from .progress import TimeLeft
 from .settings import EnhanceSettings
+from .upsampler import SliceUpsampler
 
 Progress = Callable[[int, int, float, "float | None"], None]  # (done, total, elapsed s, s left: None = not known yet)
 
@@ -88,7 +89,7 @@ def _as_stacks(lf, lf_affine) -> tuple[list, list]:
 
 
 def enhance(lf, lf_affine, settings: EnhanceSettings | None = None, prior: Prior | None = None,
-            progress: Progress | None = None) -> EnhanceResult:
+            progress: Progress | None = None, upsampler: SliceUpsampler | None = None) -> EnhanceResult:
     """Enhance one LF volume: arrays and affine in, image on the output grid and its affine out.
 
     Several thick-slice stacks of one contrast are fused into one volume when ``lf`` and
@@ -116,6 +117,12 @@ def enhance(lf, lf_affine, settings: EnhanceSettings | None = None, prior: Prior
         raise ValueError(f"method {method.name!r} needs a prior: pass prior=diffdeur_bids.priors.load_prior()")
     if prior is not None:
         prior = prior.to(device).eval()
+    if settings.learned_upsampling:
+        if upsampler is None:
+            raise ValueError("learned_upsampling needs the upsampler: pass upsampler=diffdeur_bids.priors.load_upsampler()")
+        upsampler = upsampler.to(device).eval()
+    else:
+        upsampler = None
 
     out_g, fid_g = plan_grids(lf.shape, lf_affine, settings.output_resolution)  # refuses a grid too large, before any work
     scale = robust_max(lf)  # one scale for every stack: they share the contrast and the scanner
@@ -142,7 +149,7 @@ def enhance(lf, lf_affine, settings: EnhanceSettings | None = None, prior: Prior
         seed = settings.seed + 1000 * k
         _seed_everything(seed)
         gen = torch.Generator(device=device).manual_seed(seed)
-        problem = Problem(observations, out_g, settings, device, prior, gen, tick)
+        problem = Problem(observations, out_g, settings, device, prior, gen, tick, upsampler=upsampler)
         samples.append(method.run(problem).float().cpu())
         found = problem.notes
     stack = torch.stack(samples)
@@ -160,6 +167,8 @@ def enhance(lf, lf_affine, settings: EnhanceSettings | None = None, prior: Prior
         "subdivision": list(fid_g.subdivision),
         "prior": getattr(prior, "name", None),
         "weights_sha256": getattr(prior, "sha256", None),
+        "upsampler": getattr(upsampler, "name", None),
+        "upsampler_sha256": getattr(upsampler, "sha256", None),
         "elapsed_seconds": round(time.time() - t_start, 3),
         **describe_device(device),
         **notes,

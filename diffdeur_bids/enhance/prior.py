@@ -67,14 +67,18 @@ class ResBlock(nn.Module):
 
 
 class DenoiserNet(nn.Module):
-    """U-Net on pixel-unshuffled slices; the noise level enters as an input channel (as in DRUNet)."""
+    """U-Net on pixel-unshuffled slices; the noise level enters as an input channel (as in DRUNet).
 
-    def __init__(self, config: PriorConfig):
+    ``cond_channels`` constant maps are given beside the image (one for the prior's noise level;
+    the learned upsampler gives its factors, ``upsampler.py``).
+    """
+
+    def __init__(self, config: PriorConfig, cond_channels: int = 1):
         super().__init__()
         self.config = config
         r = config.unshuffle
         widths = [config.base_channels * m for m in config.channel_mults]
-        self.head = nn.Conv2d(2 * r * r, widths[0], 3, padding=1)
+        self.head = nn.Conv2d((1 + cond_channels) * r * r, widths[0], 3, padding=1)
         self.down_blocks = nn.ModuleList()
         self.downsamplers = nn.ModuleList()
         for i, w in enumerate(widths):
@@ -89,8 +93,10 @@ class DenoiserNet(nn.Module):
             self.up_blocks.append(nn.Sequential(*[ResBlock(widths[i]) for _ in range(config.blocks_per_level)]))
         self.tail = nn.Conv2d(widths[0], r * r, 3, padding=1)
 
-    def forward(self, x_scaled: torch.Tensor, noise_cond: torch.Tensor) -> torch.Tensor:
-        cond = noise_cond.view(-1, 1, 1, 1).expand_as(x_scaled)
+    def forward(self, x_scaled: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """``x_scaled`` (N, 1, H, W); ``cond`` (N,) or (N, cond_channels), one value per slice and channel."""
+        n, _, h, w = x_scaled.shape
+        cond = cond.reshape(n, -1, 1, 1).expand(n, cond.numel() // n, h, w)
         h = F.pixel_unshuffle(torch.cat([x_scaled, cond], dim=1), self.config.unshuffle)
         h = self.head(h)
         skips = []

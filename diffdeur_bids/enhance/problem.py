@@ -22,6 +22,7 @@ from .inr import FidelityProblem
 from .prior import Prior
 from .settings import EnhanceSettings
 from .stacks import StackOperator
+from .upsampler import SliceUpsampler
 
 MAX_OUTPUT_VOXELS = 2**28  # ~268 M voxels (640^3): beyond this, refuse rather than run out of memory
 
@@ -58,6 +59,7 @@ class Problem:
     notes: dict = field(default_factory=dict)  # what a method found on the way (the stacks' registration)
     prior_seconds: float = 0.0  # time spent in the prior step so far, and on how many voxels: its measured cost
     prior_voxels: int = 0
+    upsampler: SliceUpsampler | None = None  # the start's learned upsampler, when the settings ask for it
 
     @property
     def scan(self) -> Observation:

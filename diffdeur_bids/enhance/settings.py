@@ -23,7 +23,8 @@ class EnhanceSettings:
     re-noising between steps (0: deterministic DDIM-like, 1: fully stochastic).
     ``start_damping`` is the lambda of the start's data-consistency step (``start.py``):
     0 projects onto the prior-denoised data exactly, larger values stay nearer interpolation.
-    ``average_fraction`` is the share of the last sampler levels whose estimates are averaged
+    ``learned_upsampling`` passes the start through the learned upsampler (``upsampler.py``)
+    before its data-consistency step. ``average_fraction`` is the share of the last sampler levels whose estimates are averaged
     into the result (0: the last estimate alone). For magnitude images with air around the
     head (``noise.rayleigh_sigma``): ``acquired_grid`` works on the grid the scan was acquired
     on when its stored grid is finer (zero-filled k-space, ``acquisition.py``), and
@@ -41,6 +42,7 @@ class EnhanceSettings:
     inr_lr: float = 0.05
     inr_init_pull: float = 1.0
     start_damping: float = 0.3
+    learned_upsampling: bool = False
     sigma_start: float = 0.25
     sigma_end: float = 0.01
     zeta: float = 0.3

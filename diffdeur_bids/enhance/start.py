@@ -26,6 +26,7 @@ from .alignment import align_and_fuse
 from .grids import resample, voxel_sizes
 from .linalg import conjugate_gradient
 from .problem import Observation, Problem
+from .upsampler import upsample
 
 PROJECTION_ITERS = 30
 
@@ -60,6 +61,8 @@ def data_consistent_start(p: Problem) -> torch.Tensor:
     z_y = denoise_lf(p)
     cubic = resample(z_y, obs.grid, obs.fid_grid, order=3).clamp_min(0)
     x = damped_projection(obs.operator, cubic, z_y, p.settings.start_damping)
+    if p.upsampler is not None:  # trained on this projection's output; a second one would bring back its noise
+        x = upsample(p.upsampler, x, [1 / s for s in obs.fid_grid.step], p.settings.max_pixels).clamp_min(0)
     return x if obs.fid_grid == p.out_grid else resample(x, obs.fid_grid, p.out_grid)
 
 

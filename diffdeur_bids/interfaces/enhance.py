@@ -88,7 +88,9 @@ def _run_enhance(label: str, data, affine, settings, prior, progress_bar: bool =
     from tqdm import tqdm
 
     from ..enhance import enhance
+    from ..priors import load_upsampler
 
+    upsampler = load_upsampler(device=settings.device) if settings.learned_upsampling else None
     bar = tqdm(desc=label, unit="step", dynamic_ncols=True, disable=not progress_bar,
                bar_format="{desc}: {n}/{total} {bar} {elapsed} elapsed, {postfix}")
 
@@ -100,7 +102,7 @@ def _run_enhance(label: str, data, affine, settings, prior, progress_bar: bool =
         bar.set_postfix_str(left)  # the log's estimate, not tqdm's own (which would count the start as a step)
 
     try:
-        return enhance(data, affine, settings, prior=prior, progress=progress)
+        return enhance(data, affine, settings, prior=prior, progress=progress, upsampler=upsampler)
     except (torch.cuda.OutOfMemoryError, MemoryError) as e:
         raise _out_of_memory(label, e) from e
     finally:

@@ -6,6 +6,6 @@
 Checkpoint files are written and read by :mod:`.checkpoint` (``save_prior``, ``read_prior``).
 """
 
-from .registry import DEFAULT_PRIOR, SHIPPED, describe, is_shipped, load_prior, shipped_path
+from .registry import DEFAULT_PRIOR, SHIPPED, describe, is_shipped, load_prior, load_upsampler, shipped_path
 
-__all__ = ["DEFAULT_PRIOR", "SHIPPED", "describe", "is_shipped", "load_prior", "shipped_path"]
+__all__ = ["DEFAULT_PRIOR", "SHIPPED", "describe", "is_shipped", "load_prior", "load_upsampler", "shipped_path"]

@@ -36,6 +36,8 @@ SHIPPED = {p.name: p for p in [
     ShippedPrior("2d-v2", "diffdeur_prior.safetensors", "sha256.txt"),  # the 2D slice denoiser of MODEL_CARD.md
 ]}
 DEFAULT_PRIOR = "2d-v2"
+# the start's learned upsampler (``enhance/upsampler.py``), shipped beside the prior
+UPSAMPLER = ShippedPrior("upsampler-v1", "upsampler.safetensors", "upsampler_sha256.txt")
 
 
 def shipped_path(name: str = DEFAULT_PRIOR) -> Path:
@@ -73,3 +75,19 @@ def _load_shipped(name: str, device: str) -> Prior:
     prior = read_prior(shipped.path, device=device, expected_sha256=shipped.expected_sha256())
     prior.name = name
     return prior
+
+
+@lru_cache(maxsize=4)
+def _load_upsampler(device: str):
+    from .checkpoint import read_upsampler
+
+    upsampler = read_upsampler(UPSAMPLER.path, device=device, expected_sha256=UPSAMPLER.expected_sha256())
+    upsampler.name = UPSAMPLER.name
+    return upsampler
+
+
+def load_upsampler(device="cpu"):
+    """The shipped learned upsampler of the start, checked against its recorded sha256 (cached)."""
+    from ..enhance.devices import resolve_device
+
+    return _load_upsampler(str(resolve_device(device)))

@@ -118,6 +118,33 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
     return warm * (cfg.lr_final + (cfg.lr - cfg.lr_final) * cos)
 
 
+def resume_state(state_path: Path, model, ema, opt, device) -> tuple[int, float]:
+    """Load a training state written by :func:`save_state`; returns (step, seconds trained), (0, 0) if none."""
+    if not state_path.is_file():
+        return 0, 0.0
+    state = torch.load(state_path, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["opt"])
+    return int(state["step"]), float(state["elapsed"])
+
+
+def save_state(state_path: Path, model, ema, opt, step: int, elapsed: float) -> None:
+    """Write the weights, their EMA and the optimiser atomically, so an interrupted run resumes."""
+    tmp = state_path.with_name(state_path.name + ".tmp")
+    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                "step": step, "elapsed": elapsed}, tmp)
+    tmp.replace(state_path)
+
+
+def ema_update(ema, model, step: int, decay: float) -> None:
+    """One step of the weights' exponential moving average (shorter memory over the first steps)."""
+    with torch.no_grad():
+        d = min(decay, (1 + step) / (10 + step))
+        for pe, p in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(p, 1 - d)
+
+
 def validation_loss(prior: Prior, batch: torch.Tensor, seed: int = 1234) -> dict[str, float]:
     """Denoising MSE at fixed noise levels on fixed held-out patches (lower is better)."""
     gen = torch.Generator().manual_seed(seed)
@@ -156,13 +183,8 @@ def train_prior(
     ema = copy.deepcopy(prior).eval()
     opt = torch.optim.Adam(prior.parameters(), lr=cfg.lr)
     state_path = out_dir / "train_state.pt"
-    step, elapsed_before = 0, 0.0
-    if state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        prior.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        step, elapsed_before = int(state["step"]), float(state["elapsed"])
+    step, elapsed_before = resume_state(state_path, prior, ema, opt, device)
+    if step:
         sampler.rng = np.random.default_rng([cfg.seed, step])
         torch.manual_seed(cfg.seed + step)
 
@@ -172,12 +194,6 @@ def train_prior(
     log = csv.writer(log_fh)
     if new_log:
         log.writerow(["step", "elapsed_s", "train_loss", "lr"] + [f"val_mse_sigma_{s:g}" for s in VALIDATION_SIGMAS])
-
-    def save_state():
-        tmp = state_path.with_name(state_path.name + ".tmp")
-        torch.save({"model": prior.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                    "step": step, "elapsed": elapsed_before + time.time() - t0}, tmp)
-        tmp.replace(state_path)
 
     t0 = time.time()
     running = None
@@ -197,10 +213,7 @@ def train_prior(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(prior.parameters(), cfg.grad_clip)
         opt.step()
-        with torch.no_grad():
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-            for pe, p in zip(ema.parameters(), prior.parameters()):
-                pe.lerp_(p, 1 - decay)
+        ema_update(ema, prior, step, cfg.ema_decay)
         step += 1
         loss_value = loss.item()
         running = loss_value if running is None else 0.98 * running + 0.02 * loss_value
@@ -212,10 +225,10 @@ def train_prior(
                          + [val.get(f"{s:g}", "") for s in VALIDATION_SIGMAS])
             log_fh.flush()
         if step % cfg.checkpoint_every == 0:
-            save_state()
+            save_state(state_path, prior, ema, opt, step, elapsed_before + time.time() - t0)
         if progress:
             progress(step, cfg.steps, running, val)
-    save_state()
+    save_state(state_path, prior, ema, opt, step, elapsed_before + time.time() - t0)
     log_fh.close()
     meta = dict(metadata or {})
     meta.update(

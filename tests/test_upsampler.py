@@ -1,0 +1,101 @@
+"""The start's learned upsampler: slice families, files, training, and what it does to the start."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from diffdeur_bids.enhance import EnhanceSettings, enhance
+from diffdeur_bids.enhance.errors import CheckpointError
+from diffdeur_bids.enhance.upsampler import SliceUpsampler, slice_families, upsample
+from diffdeur_bids.evaluation.metrics import score_volume
+from diffdeur_bids.evaluation.protocol import simulate_lowfield
+from diffdeur_bids.priors import load_prior, load_upsampler
+from diffdeur_bids.priors.checkpoint import read_prior, read_upsampler, save_upsampler
+from diffdeur_bids.priors.registry import UPSAMPLER
+
+
+def test_slice_families_contain_the_thick_axis_and_isotropic_data_is_left_alone():
+    assert slice_families((1, 1, 3)) == [(1, 2, 0), (0, 2, 1)]
+    assert slice_families((2, 4, 2)) == [(2, 1, 0), (0, 1, 2)]
+    assert slice_families((1, 1, 1)) == []
+    x = torch.rand(6, 7, 8)
+    assert upsample(SliceUpsampler(), x, (1, 1, 1)) is x
+
+
+def test_each_family_sees_its_slices_with_rows_along_the_thick_axis():
+    """A network that returns its input plus the row index marks which axis it took as rows."""
+
+    class RowIndex(SliceUpsampler):
+        def forward(self, x, log_k):
+            assert torch.allclose(log_k[0], torch.log(torch.tensor([3.0, 1.0])))
+            return x + torch.arange(x.shape[-2], dtype=x.dtype).view(1, 1, -1, 1)
+
+    x = torch.zeros(5, 6, 9)
+    out = upsample(RowIndex(), x, (1, 1, 3))
+    assert out.shape == x.shape
+    assert torch.allclose(out, torch.arange(9.0).view(1, 1, 9).expand(5, 6, 9))
+
+
+def test_upsampler_files_round_trip_and_are_not_taken_for_a_prior(tmp_path):
+    net = SliceUpsampler(metadata={"note": "test"})
+    path = tmp_path / "up.safetensors"
+    sha = save_upsampler(net, path)
+    back = read_upsampler(path, expected_sha256=sha)
+    assert back.metadata["note"] == "test" and back.sha256 == sha
+    x, k = torch.rand(2, 1, 32, 32), torch.zeros(2, 2)
+    assert torch.equal(back(x, k), net.eval()(x, k))
+    with pytest.raises(CheckpointError, match="is not a diffdeur prior"):
+        read_prior(path)
+    with pytest.raises(CheckpointError, match="sha256"):
+        read_upsampler(path, expected_sha256="0" * 64)
+
+
+def test_shipped_upsampler_matches_its_recorded_hash_and_card():
+    up = load_upsampler()
+    assert up.sha256 == UPSAMPLER.expected_sha256()
+    assert up.sha256 in (UPSAMPLER.path.parent / "MODEL_CARD.md").read_text()
+
+
+def test_learned_upsampling_says_what_it_needs(mni_small):
+    lf, lf_aff, _, _ = simulate_lowfield(*mni_small, k=(1, 1, 3), seed=0)
+    settings = EnhanceSettings.preset("fast", method="start", output_resolution=2.0, learned_upsampling=True)
+    with pytest.raises(ValueError, match="load_upsampler"):
+        enhance(lf, lf_aff, settings, prior=load_prior())
+
+
+@pytest.mark.parametrize("k", [(1, 1, 3), (2, 2, 4)])
+def test_learned_upsampling_improves_the_start(mni_small, k):
+    hf, aff = mni_small
+    if k == (2, 2, 4):  # the 1 mm track's factors, on the template at 1 mm
+        nilearn_datasets = pytest.importorskip("nilearn.datasets")
+        img = nilearn_datasets.load_mni152_template(resolution=1)
+        hf = np.asarray(img.get_fdata(), dtype=np.float32)[40:144, 60:180, 50:146]
+        aff = img.affine.copy()
+        aff[:3, 3] = img.affine[:3, :3] @ [40, 60, 50] + img.affine[:3, 3]
+    lf, lf_aff, gt, gt_aff = simulate_lowfield(hf, aff, k=k, seed=0)
+    voxel = float(abs(aff[0, 0]))
+    scores = {}
+    for on in (False, True):
+        settings = EnhanceSettings.preset("fast", method="start", output_resolution=voxel, learned_upsampling=on)
+        res = enhance(lf, lf_aff, settings, prior=load_prior(), upsampler=load_upsampler())
+        scores[on] = score_volume(res.image, res.affine, gt, gt_aff, lpips=False)
+        assert res.info["upsampler_sha256"] == (load_upsampler().sha256 if on else None)
+    assert scores[True]["psnr"] > scores[False]["psnr"] + 0.3
+    assert scores[True]["ssim"] > scores[False]["ssim"]
+
+
+def test_upsampler_training_writes_weights_that_load(tmp_path, mni_small):
+    from diffdeur_bids.priors.train_upsampler import UpsamplerTrainConfig, make_pair, train_upsampler
+
+    hf, aff = mni_small
+    pair = make_pair(hf, aff, (1, 1, 3), 0.04, load_prior(), seed=0)
+    assert pair["start"].shape == pair["target"].shape and pair["k"].tolist() == [1, 1, 3]
+    cfg = UpsamplerTrainConfig(steps=2, batch_size=2, patch=32)
+    final = train_upsampler([pair], [pair], tmp_path, cfg, torch.device("cpu"))
+    meta = json.loads((tmp_path / "upsampler_metadata.json").read_text())
+    assert meta["training_steps"] == 2 and read_upsampler(final).num_parameters == meta["parameters"]
+    assert set(meta["final_validation_mse"]) == {"start", "upsampled"}
