@@ -92,7 +92,7 @@ def test_enhance_imports_run_one_way():
         {"devices", "normalise", "forward", "noise", "acquisition"},
         {"stacks"},
         {"inr", "prior", "registration"},
-        {"fusion"},
+        {"fusion", "upsampler"},
         {"problem"},
         {"hqs", "alignment"},
         {"baselines", "start"},
