@@ -102,7 +102,9 @@ def _run_job(job: dict) -> dict:
 # Cumulative times, so they nest: the INR fit holds its renders, back-propagations and operators.
 PARTS = [
     ("prepare (noise, acquired grid)", "api.py", "prepare_scan"),
-    ("start (prior on LF slices + projection)", "start.py", "data_consistent_start"),
+    ("start, one scan (prior on LF slices + projection + upsampler)", "start.py", "single_scan_start"),
+    ("learned upsampler", "upsampler.py", "upsample"),
+    ("start, fused stacks (prior on LF slices + registration + projection)", "start.py", "aligned_fused_start"),
     ("registration", "alignment.py", "align_stacks"),
     ("prior", "prior.py", "denoise"),
     ("INR fit", "inr.py", "fit_inr"),

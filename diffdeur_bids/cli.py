@@ -95,8 +95,8 @@ def _memory(ctx, param, value):
 # given again on the command line; run_uuid, dates and the command line are the new run's own).
 _RERUN_KEYS = ("participant_label", "session_label", "bids_filter_file", "modalities", "max_field_strength",
                "assume_lowfield", "skip_bids_validation", "quality", "output_resolution", "steps", "num_samples",
-               "random_seed", "device", "prior", "synthseg", "synthseg_model", "synthseg_robust", "synthseg_backend",
-               "synthseg_parc", "fmriprep_compat", "stacks", "work_dir", "nprocs", "omp_nthreads", "stop_on_first_crash")
+               "learned_upsampling", "random_seed", "device", "prior", "synthseg", "synthseg_model",
+               "synthseg_robust", "synthseg_backend", "synthseg_parc", "fmriprep_compat", "stacks", "work_dir", "nprocs", "omp_nthreads", "stop_on_first_crash")
 
 
 def _config_file(ctx, param, path: Path | None):
@@ -170,6 +170,9 @@ _POSITIVE_MM = click.FloatRange(min=0, min_open=True, max=20)
 @click.option("--steps", type=click.IntRange(min=1), metavar="N", help="Diffusion steps (overrides the preset).")
 @click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="Posterior samples averaged; with N > 1 an uncertainty (std) map is also written.")
+@click.option("--learned-upsampling/--no-learned-upsampling", default=True, show_default=True,
+              help="Restore what lies between thick slices with the shipped learned upsampler before the "
+                   "diffusion schedule (single scans; fused stacks do not need it).")
 @click.option("--random-seed", type=int, default=0, show_default=True, metavar="INT",
               help="Seed of every random draw; recorded in the sidecars.")
 @click.option("--device", default="auto", show_default=True, callback=_device, metavar="auto|cpu|cuda[:N]",
@@ -258,7 +261,8 @@ def cli(ctx, **opts) -> int:
         modalities=_canonical_modalities(opts["modalities"]), max_field_strength=opts["max_field_strength"],
         assume_lowfield=opts["assume_lowfield"], skip_bids_validation=opts["skip_bids_validation"],
         quality=opts["quality"], output_resolution=opts["output_resolution"], steps=opts["steps"],
-        num_samples=opts["num_samples"], random_seed=opts["random_seed"], device=opts["device"],
+        num_samples=opts["num_samples"], learned_upsampling=opts["learned_upsampling"],
+        random_seed=opts["random_seed"], device=opts["device"],
         prior=opts["prior"],
         synthseg=opts["synthseg"], synthseg_model=synthseg_model, synthseg_robust=opts["synthseg_robust"],
         synthseg_backend=opts["synthseg_backend"], synthseg_parc=opts["synthseg_parc"],

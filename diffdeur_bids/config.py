@@ -44,6 +44,7 @@ class Config:
     output_resolution: float = 1.0
     steps: int | None = None
     num_samples: int = 1
+    learned_upsampling: bool = True    # the start's learned upsampler (single scans)
     random_seed: int = 0
     device: str = "auto"
     prior: str = DEFAULT_PRIOR         # a shipped prior's name or a weights file
@@ -80,7 +81,8 @@ class Config:
 
         return EnhanceSettings.preset(
             self.quality, output_resolution=self.output_resolution, steps=self.steps,
-            num_samples=self.num_samples, seed=self.random_seed, device=self.device,
+            num_samples=self.num_samples, learned_upsampling=self.learned_upsampling, seed=self.random_seed,
+            device=self.device,
             threads=threads or self.omp_nthreads,
         )
 

@@ -137,9 +137,13 @@ def check_start(config: Config) -> Resolved:
 
 
 def load_weights(config: Config) -> str:
-    """Load the prior once before any work, so a missing or corrupt file fails in seconds; its sha256."""
-    from .priors import describe, load_prior
+    """Load the prior (and the learned upsampler, when used) once before any work, so a missing or
+    corrupt file fails in seconds; the prior's sha256."""
+    from .priors import describe, load_prior, load_upsampler
 
     prior = load_prior(config.prior, device="cpu")
     log.info("Prior: %s (sha256 %s)", describe(config.prior), prior.sha256)
+    if config.learned_upsampling:
+        upsampler = load_upsampler(device="cpu")
+        log.info("Learned upsampler: %s (sha256 %s)", upsampler.name, upsampler.sha256)
     return prior.sha256

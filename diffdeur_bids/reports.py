@@ -163,6 +163,8 @@ def scan_section(config, scan) -> dict:
         "settings": ", ".join(f"{k} {settings.get(k)}" for k in ("quality", "steps", "num_samples",
                                                                  "output_resolution", "seed")),
         "prior": f"{prov.get('Prior')} (sha256 {str(prov.get('WeightsSHA256'))[:16]}...)",
+        "learned upsampler": (f"{prov.get('Upsampler')} (sha256 {str(prov.get('UpsamplerSHA256'))[:16]}...)"
+                              if prov.get("Upsampler") else "not used"),
         "resolution": meta.get("Resolution"),
     }
     for stack in prov.get("Stacks", []):  # a fused group: how each stack was aligned to the reference

@@ -122,12 +122,12 @@ def test_rician_bias_is_removed_in_air_and_tissue_is_kept():
 
 def test_enhancing_a_zero_filled_scan_works_on_its_acquired_grid_and_keeps_the_stored_grid():
     from diffdeur_bids.enhance import EnhanceSettings, enhance, output_grid
-    from diffdeur_bids.priors import load_prior
+    from diffdeur_bids.priors import load_prior, load_upsampler
 
     stored, clean = zero_filled_magnitude(coarse_shape=(48, 48, 6), factor=2, sigma=0.05)
     affine = np.diag([1.0, 1.0, 4.0, 1.0])
     settings = EnhanceSettings.preset("fast", steps=2, output_resolution=(1.0, 1.0, 4.0), device="cpu")
-    res = enhance(stored, affine, settings, prior=load_prior())
+    res = enhance(stored, affine, settings, prior=load_prior(), upsampler=load_upsampler())
     want = output_grid(stored.shape, affine, (1.0, 1.0, 4.0))
     assert res.image.shape == want.shape == stored.shape
     np.testing.assert_allclose(res.affine, want.affine, atol=1e-6)
@@ -137,5 +137,6 @@ def test_enhancing_a_zero_filled_scan_works_on_its_acquired_grid_and_keeps_the_s
     err_in = np.abs(stored - clean)[head].mean()
     err_out = np.abs(res.image - clean)[head].mean()
     assert err_out < 0.8 * err_in  # closer to the noise-free scan than the input
-    on_stored_grid = enhance(stored, affine, settings.replace(acquired_grid=False), prior=load_prior())
+    on_stored_grid = enhance(stored, affine, settings.replace(acquired_grid=False), prior=load_prior(),
+                             upsampler=load_upsampler())
     assert err_out < 0.8 * np.abs(on_stored_grid.image - clean)[head].mean()  # the acquired grid is what helps

@@ -173,6 +173,25 @@ def test_shipped_prior_not_matching_its_checksum_fails_before_any_work(capsys, r
     assert not (tmp_path / "out").exists() and not (tmp_path / "w").exists()
 
 
+def test_shipped_upsampler_not_matching_its_checksum_fails_before_any_work_unless_turned_off(capsys, raw_bids, tmp_path,
+                                                                                              monkeypatch):
+    from diffdeur_bids.priors import registry
+
+    real = registry.ShippedPrior.expected_sha256
+    monkeypatch.setattr(registry.ShippedPrior, "expected_sha256",  # as if the upsampler's file had been altered
+                        lambda self: "0" * 64 if self is registry.UPSAMPLER else real(self))
+    registry._load_upsampler.cache_clear()
+    try:
+        args = (raw_bids, tmp_path / "out", "participant", "-w", tmp_path / "w", "--device", "cpu", "--dry-run",
+                "--skip-bids-validation")
+        code, text = _run(capsys, *args)
+        assert code == 1 and "upsampler.safetensors" in text and "the file is corrupt or not the shipped one" in text, text
+        code, text = _run(capsys, *args, "--no-learned-upsampling")
+        assert code == 0, text
+    finally:
+        registry._load_upsampler.cache_clear()
+
+
 def _shipped_prior_without_a_tensor(path):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file

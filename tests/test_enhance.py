@@ -23,7 +23,7 @@ from diffdeur_bids.enhance.inr import FidelityProblem, fit_inr, make_inr, make_o
 from diffdeur_bids.enhance.start import damped_projection
 from diffdeur_bids.evaluation.metrics import score_volume
 from diffdeur_bids.evaluation.protocol import simulate_lowfield
-from diffdeur_bids.priors import load_prior
+from diffdeur_bids.priors import load_prior, load_upsampler
 from diffdeur_bids.priors.checkpoint import read_prior, save_prior
 from diffdeur_bids.priors.registry import SHIPPED
 
@@ -124,7 +124,8 @@ def test_diffdeur_beats_linear_interpolation(simulated, quality):
     prior = load_prior(device="cpu")
     common = dict(output_resolution=2.0, device="cpu", seed=0)
     lin = enhance(lf * 700, lf_aff, EnhanceSettings.preset(quality, method="linear", **common))
-    res = enhance(lf * 700, lf_aff, EnhanceSettings.preset(quality, **common), prior=prior)
+    upsampler = load_upsampler()
+    res = enhance(lf * 700, lf_aff, EnhanceSettings.preset(quality, **common), prior=prior, upsampler=upsampler)
     assert res.image.shape == gt.shape
     np.testing.assert_allclose(res.affine, gt_aff, atol=1e-6)
     assert 300 < np.percentile(res.image, 99) < 1400  # the input's units are kept
@@ -132,18 +133,18 @@ def test_diffdeur_beats_linear_interpolation(simulated, quality):
     s_dd = score_volume(res.image, res.affine, gt, gt_aff, lpips=False)
     assert s_dd["psnr"] > s_lin["psnr"] + 0.2
     assert s_dd["ssim"] > s_lin["ssim"] + 0.01
-    assert res.info["weights_sha256"] == prior.sha256
+    assert res.info["weights_sha256"] == prior.sha256 and res.info["upsampler_sha256"] == upsampler.sha256
     assert res.info["noise_sigma_estimated"] == pytest.approx(0.04 * 700, rel=0.3)
 
 
 def test_seeded_runs_are_deterministic_and_samples_give_uncertainty(simulated):
     lf, lf_aff, _, _ = simulated
     s = EnhanceSettings.preset("fast", steps=2, output_resolution=2.0, device="cpu", seed=7)
-    a = enhance(lf, lf_aff, s, prior=load_prior())
-    b = enhance(lf, lf_aff, s, prior=load_prior())
+    a = enhance(lf, lf_aff, s, prior=load_prior(), upsampler=load_upsampler())
+    b = enhance(lf, lf_aff, s, prior=load_prior(), upsampler=load_upsampler())
     np.testing.assert_array_equal(a.image, b.image)
     assert a.std is None
-    c = enhance(lf, lf_aff, s.replace(num_samples=2), prior=load_prior())
+    c = enhance(lf, lf_aff, s.replace(num_samples=2), prior=load_prior(), upsampler=load_upsampler())
     assert c.std is not None and c.std.shape == c.image.shape
     assert float(c.std.max()) > 0 and np.all(c.std >= 0)
 
@@ -273,7 +274,8 @@ def test_damped_projection_reaches_the_data_and_damping_pulls_towards_the_start(
 def test_data_consistent_start_beats_cubic_interpolation(simulated):
     lf, lf_aff, gt, gt_aff = simulated
     common = dict(output_resolution=2.0, device="cpu")
-    start = enhance(lf, lf_aff, EnhanceSettings.preset("fast", method="start", **common), prior=load_prior())
+    start = enhance(lf, lf_aff, EnhanceSettings.preset("fast", method="start", learned_upsampling=False, **common),
+                    prior=load_prior())
     cubic = enhance(lf, lf_aff, EnhanceSettings.preset("fast", method="cubic", **common))
     s_start = score_volume(start.image, start.affine, gt, gt_aff, lpips=False)
     s_cubic = score_volume(cubic.image, cubic.affine, gt, gt_aff, lpips=False)
@@ -301,7 +303,8 @@ def test_every_method_in_the_table_runs_and_ticks_as_it_declares(simulated):
         settings = EnhanceSettings.preset("fast", method=method.name, steps=2, dps_steps=2, inr_init_iters=2,
                                           output_resolution=2.0, device="cpu", num_samples=2)
         ticks = []
-        res = enhance(small, lf_aff, settings, prior=load_prior(), progress=lambda done, total, *_: ticks.append(total))
+        res = enhance(small, lf_aff, settings, prior=load_prior(), upsampler=load_upsampler(),
+                      progress=lambda done, total, *_: ticks.append(total))
         assert res.image.shape == (12, 12, 18) and np.isfinite(res.image).all(), method.name
         assert len(ticks) == ticks[0] == 2 * method.ticks(settings), method.name
 
@@ -338,7 +341,8 @@ def test_diffdeur_estimates_the_time_left_from_its_first_progress_line(simulated
     lf, lf_aff, _, _ = simulated
     ticks = []
     settings = EnhanceSettings.preset("fast", steps=2, inr_init_iters=4, output_resolution=2.0, device="cpu")
-    enhance(lf[:24, :24, :8], lf_aff, settings, prior=load_prior(), progress=lambda *tick: ticks.append(tick))
+    enhance(lf[:24, :24, :8], lf_aff, settings, prior=load_prior(), upsampler=load_upsampler(),
+            progress=lambda *tick: ticks.append(tick))
     assert [t[0] for t in ticks] == [1, 2, 3]
     assert ticks[0][3] is not None and ticks[0][3] > 0
     assert ticks[-1][3] == 0.0

@@ -21,7 +21,7 @@ from diffdeur_bids.priors.registry import UPSAMPLER
 def test_slice_families_contain_the_thick_axis_and_isotropic_data_is_left_alone():
     assert slice_families((1, 1, 3)) == [(1, 2, 0), (0, 2, 1)]
     assert slice_families((2, 4, 2)) == [(2, 1, 0), (0, 1, 2)]
-    assert slice_families((1, 1, 1)) == []
+    assert slice_families((1, 1, 1)) == [] == slice_families((2, 2, 2)) == slice_families((2, 2, 1))
     x = torch.rand(6, 7, 8)
     assert upsample(SliceUpsampler(), x, (1, 1, 1)) is x
 
@@ -99,3 +99,47 @@ def test_upsampler_training_writes_weights_that_load(tmp_path, mni_small):
     meta = json.loads((tmp_path / "upsampler_metadata.json").read_text())
     assert meta["training_steps"] == 2 and read_upsampler(final).num_parameters == meta["parameters"]
     assert set(meta["final_validation_mse"]) == {"start", "upsampled"}
+
+
+def test_a_correction_inr_renders_its_base_until_the_data_move_it():
+    """DiffDeuR's INR on an upsampled start is a correction: it starts at exactly that start and its fit
+    then lowers the data term from there."""
+    from diffdeur_bids.enhance.forward import Degradation
+    from diffdeur_bids.enhance.grids import subdivided_grid
+    from diffdeur_bids.enhance.inr import FidelityProblem, fit_inr, make_inr, make_optimizer, render
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.rand(10, 12, 4, generator=gen)
+    fid = subdivided_grid(y.shape, np.eye(4), (1, 1, 3))
+    base = torch.rand(fid.shape, generator=gen)
+    inr = make_inr(y.shape, fid, fid, "cpu", init_value=5.0, correction=True)
+    assert torch.equal(render(inr, fid, base), base)
+    problem = FidelityProblem(y, Degradation((1, 1, 3), 0.5), 0.05, fid, fid, base=(base, base))
+    first = fit_inr(inr, problem, make_optimizer(inr, 0.05), 1)
+    last = fit_inr(inr, problem, make_optimizer(inr, 0.05), 30)
+    assert last < 0.5 * first
+    assert not torch.equal(render(inr, fid, base), base)
+
+
+@pytest.mark.parametrize("resolution", [2.0, 1.5])  # 1.5 mm: the output grid is not the fidelity grid
+def test_diffdeur_keeps_what_the_upsampler_restored(mni_small, resolution):
+    lf, lf_aff, gt, gt_aff = simulate_lowfield(*mni_small, k=(1, 1, 3), seed=0)
+    scores = {}
+    for on in (False, True):
+        settings = EnhanceSettings.preset("fast", output_resolution=resolution, learned_upsampling=on, threads=2)
+        res = enhance(lf, lf_aff, settings, prior=load_prior(), upsampler=load_upsampler())
+        scores[on] = score_volume(res.image, res.affine, gt, gt_aff, lpips=False)
+        assert np.isfinite(res.image).all() and res.info["upsampler"] == ("upsampler-v1" if on else None)
+    assert scores[True]["psnr"] > scores[False]["psnr"] + 0.3, scores
+    assert scores[True]["ssim"] > scores[False]["ssim"], scores
+
+
+def test_a_scan_without_thick_slices_is_not_upsampled(mni_small):
+    """2 mm voxels enhanced to 1 mm in every direction (k 2, 2, 2): nothing lies between thick slices, and the
+    upsampler never saw such a scan, so the result is the start without it, and the sidecar says so."""
+    lf, lf_aff, _, _ = simulate_lowfield(*mni_small, k=(2, 2, 2), seed=0)
+    runs = [enhance(lf, lf_aff, EnhanceSettings.preset("fast", method="start", output_resolution=2.0,
+                                                       learned_upsampling=on), prior=load_prior(), upsampler=load_upsampler())
+            for on in (True, False)]
+    np.testing.assert_array_equal(runs[0].image, runs[1].image)
+    assert runs[0].info["upsampler"] is None

@@ -91,7 +91,7 @@ def std_sidecar(source_relpath, enhanced_relpath, source_metadata: dict, provena
 
 # The method's info keys, as they appear in the provenance object; unknown keys pass through.
 _INFO_NAMES = {
-    "method": "Method", "weights_sha256": "WeightsSHA256", "settings": "Settings",
+    "method": "Method", "weights_sha256": "WeightsSHA256", "upsampler_sha256": "UpsamplerSHA256", "settings": "Settings",
     "device": "Device", "device_name": "DeviceName", "torch": "TorchVersion", "cuda": "CUDAVersion",
     "threads": "Threads", "noise_sigma_estimated": "NoiseSigmaEstimated", "noise_sigma_used": "NoiseSigma",
     "intensity_scale": "IntensityScale", "input_shape": "InputShape", "output_shape": "OutputShape",

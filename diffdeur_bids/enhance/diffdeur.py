@@ -2,8 +2,9 @@
 
 The INR is first fitted to the data with a pull towards the data-consistent start
 (``start.py``), which keeps it from fitting the noise and gives the sampler its starting
-point. Then, at each level of the HQS loop (``hqs.py``), the fidelity step is a few optimiser
-steps of the INR on
+point. When the start of one scan went through the learned upsampler, the INR is a correction
+of that start (``f = start + INR``) rather than an image of its own. Then, at each level of the
+HQS loop (``hqs.py``), the fidelity step is a few optimiser steps of the INR on
 
     ||A f - y||^2 / sigma_n^2 + rho_t ||f - z||^2,   rho_t = mu / sigma_t^2
 
@@ -25,7 +26,7 @@ from .forward import MIN_NOISE_SIGMA
 from .hqs import karras_sigmas, sample_problem
 from .inr import fit_inr, make_inr, make_optimizer, render
 from .problem import Problem
-from .start import data_consistent_start
+from .start import data_consistent_start, on_output_grid, single_scan_start
 
 
 MOTION_LR = 0.01  # deg / mm per INR step while the motions are refined
@@ -33,13 +34,22 @@ MOTION_LR = 0.01  # deg / mm per INR step while the motions are refined
 
 def run_diffdeur(p: Problem) -> torch.Tensor:
     s, obs = p.settings, p.reference
-    fid = p.fidelity()
-    inr = make_inr(obs.y.shape, obs.fid_grid, p.out_grid, p.device, init_value=float(obs.y.mean()))
+    # an upsampled start holds detail that the INR's few iterations from scratch would not reach:
+    # the INR is then a correction of it, held near it by upsampled_pull
+    corrects_start = p.upsampler is not None and not p.fused
+    if corrects_start:
+        start_fid = single_scan_start(p)
+        start = on_output_grid(p, start_fid)
+        fid, base, pull = p.fidelity(base=(start_fid, start)), start, s.upsampled_pull
+    else:
+        start = data_consistent_start(p)
+        fid, base, pull = p.fidelity(), None, s.inr_init_pull
+    inr = make_inr(obs.y.shape, obs.fid_grid, p.out_grid, p.device, init_value=float(obs.y.mean()),
+                   correction=corrects_start)
     opt = make_optimizer(inr, s.inr_lr)
-    start = data_consistent_start(p)
     t0 = time.perf_counter()
-    fit_inr(inr, fid, opt, s.inr_init_iters, z=start, rho=s.inr_init_pull / max(obs.noise_sigma, MIN_NOISE_SIGMA) ** 2)
-    x0 = render(inr, p.out_grid)
+    fit_inr(inr, fid, opt, s.inr_init_iters, z=start, rho=pull / max(obs.noise_sigma, MIN_NOISE_SIGMA) ** 2)
+    x0 = render(inr, p.out_grid, base)
     # a step is inr_iters of the same INR iterations and one prior pass over the output grid
     inr_iter_s = (time.perf_counter() - t0) / s.inr_init_iters
     p.tick(expected_step_s=s.inr_iters * inr_iter_s + p.prior_cost(x0.numel()))
@@ -54,7 +64,7 @@ def run_diffdeur(p: Problem) -> torch.Tensor:
             fid.refine_motion(opt, MOTION_LR)
             refining.append(sigma)
         fit_inr(inr, fid, opt, s.inr_iters, z=z, rho=s.mu / sigma**2)
-        return render(inr, p.out_grid)
+        return render(inr, p.out_grid, base)
 
     x = sample_problem(p, inr_prox, x0)
     if p.fused:

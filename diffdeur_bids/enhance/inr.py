@@ -98,10 +98,15 @@ class FeatureGridINR(nn.Module):
             features.backward(feature_grad.view(features.shape))
 
 
-def render(inr: FeatureGridINR, grid: Grid) -> torch.Tensor:
-    """The INR's image on ``grid`` (no autograd graph kept)."""
+def render(inr: FeatureGridINR, grid: Grid, base: torch.Tensor | None = None) -> torch.Tensor:
+    """The INR's image on ``grid`` (no autograd graph kept), on top of ``base`` when given."""
     with torch.no_grad():
-        return inr.decode(inr.features(grid))
+        return render_on(inr.decode(inr.features(grid)), base)
+
+
+def render_on(image: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
+    """The INR's decoded ``image`` on top of ``base`` (itself when there is none)."""
+    return image if base is None else image + base
 
 
 class FidelityProblem:
@@ -109,10 +114,14 @@ class FidelityProblem:
 
     ``A`` acts on the INR rendered on ``fid_grid``; the proximity term on ``out_grid``
     (they are the same grid, rendered once, when the output subdivides the LF voxels).
+    With ``base`` (the same image on ``fid_grid`` and on ``out_grid``), ``f`` is that image
+    plus the INR: the INR fits only a correction of it.
     """
 
-    def __init__(self, y: torch.Tensor, operator, noise_sigma: float, fid_grid: Grid, out_grid: Grid):
+    def __init__(self, y: torch.Tensor, operator, noise_sigma: float, fid_grid: Grid, out_grid: Grid,
+                 base: tuple[torch.Tensor, torch.Tensor] | None = None):
         self.y = y
+        self.base_fid, self.base_out = base if base is not None else (None, None)
         self.A = operator
         self.noise_var = max(float(noise_sigma), MIN_NOISE_SIGMA) ** 2
         self.fid_grid, self.out_grid = fid_grid, out_grid
@@ -122,7 +131,7 @@ class FidelityProblem:
     def step(self, inr: FeatureGridINR, z: torch.Tensor | None, rho: float) -> float:
         """One gradient evaluation (accumulated into ``.grad``); returns the objective."""
         features = inr.features(self.fid_grid)
-        f_fid = inr.decode(features)
+        f_fid = render_on(inr.decode(features), self.base_fid)
         resid = self.A(f_fid) - self.y
         loss = float(resid.pow(2).sum()) / self.noise_var
         grad_fid = self.A.adjoint(resid) * (2 * self.scale / self.noise_var)
@@ -135,7 +144,7 @@ class FidelityProblem:
         del features, f_fid, grad_fid
         if prox and not self.same_grid:
             features = inr.features(self.out_grid)
-            diff = inr.decode(features) - z
+            diff = render_on(inr.decode(features), self.base_out) - z
             loss += rho * float(diff.pow(2).sum())
             inr.backprop(features, diff * (2 * self.scale * rho))
         return loss * self.scale
@@ -161,9 +170,16 @@ def fit_inr(
     return loss
 
 
-def make_inr(lf_shape, fid_grid: Grid, out_grid: Grid, device, init_value: float = 0.0) -> FeatureGridINR:
+def make_inr(lf_shape, fid_grid: Grid, out_grid: Grid, device, init_value: float = 0.0,
+             correction: bool = False) -> FeatureGridINR:
+    """The INR for ``fid_grid`` and ``out_grid``; ``correction``: it starts at exactly zero (a
+    correction of a base image, ``FidelityProblem(base=...)``), not at ``init_value``."""
     finest = [max(a, b) for a, b in zip(fid_grid.shape, out_grid.shape)]
-    return FeatureGridINR(lf_shape, finest, init_value=init_value).to(device)
+    inr = FeatureGridINR(lf_shape, finest, init_value=0.0 if correction else init_value).to(device)
+    if correction:
+        with torch.no_grad():
+            inr.mlp[-1].weight.zero_()
+    return inr
 
 
 def make_optimizer(inr: FeatureGridINR, lr: float) -> torch.optim.Optimizer:

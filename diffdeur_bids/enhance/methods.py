@@ -28,6 +28,7 @@ class Method:
     ticks: Callable[[EnhanceSettings], int]  # progress ticks of one sample
     fuses_stacks: bool = False
     start_ticks: int = 0  # the first ticks of a sample that are its start, not a step (``progress.TimeLeft``)
+    upsamples_start: bool = False  # one scan's start goes through the learned upsampler (``learned_upsampling``)
 
 
 def _once(settings: EnhanceSettings) -> int:
@@ -35,14 +36,15 @@ def _once(settings: EnhanceSettings) -> int:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("diffdeur", run_diffdeur, True, lambda s: s.steps + 1, fuses_stacks=True, start_ticks=1),
+    Method("diffdeur", run_diffdeur, True, lambda s: s.steps + 1, fuses_stacks=True, start_ticks=1,
+           upsamples_start=True),
     Method("linear", baselines.run_linear, False, _once),
     Method("cubic", baselines.run_cubic, False, _once),
     Method("cubic_bm3d", baselines.run_cubic_bm3d, False, _once),
     Method("inr", baselines.run_inr, False, _once, fuses_stacks=True),
     Method("dps", baselines.run_dps, True, lambda s: s.dps_steps),
     Method("prior_cf", baselines.run_prior_closed_form, True, lambda s: s.steps),
-    Method("start", run_start, True, _once),
+    Method("start", run_start, True, _once, upsamples_start=True),
 ]}
 
 

@@ -78,12 +78,14 @@ class Problem:
     def fused(self) -> bool:
         return len(self.observations) > 1
 
-    def fidelity(self) -> FidelityProblem | StacksFidelity:
+    def fidelity(self, base: tuple[torch.Tensor, torch.Tensor] | None = None) -> FidelityProblem | StacksFidelity:
+        """The data term of the INR's fit; ``base``: one scan's INR is a correction of that image
+        (on the fidelity and the output grid)."""
         if self.fused:
             obs = self.observations
             return StacksFidelity([o.y for o in obs], [o.operator for o in obs], [o.noise_sigma for o in obs], self.out_grid)
         obs = self.scan
-        return FidelityProblem(obs.y, obs.operator, obs.noise_sigma, obs.fid_grid, self.out_grid)
+        return FidelityProblem(obs.y, obs.operator, obs.noise_sigma, obs.fid_grid, self.out_grid, base=base)
 
     def denoise(self, x: torch.Tensor, sigma: float, axis: int) -> torch.Tensor:
         """The prior step ``D(x; sigma)``, slices along ``axis``."""

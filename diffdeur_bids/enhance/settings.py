@@ -23,8 +23,9 @@ class EnhanceSettings:
     re-noising between steps (0: deterministic DDIM-like, 1: fully stochastic).
     ``start_damping`` is the lambda of the start's data-consistency step (``start.py``):
     0 projects onto the prior-denoised data exactly, larger values stay nearer interpolation.
-    ``learned_upsampling`` passes the start through the learned upsampler (``upsampler.py``)
-    before its data-consistency step. ``average_fraction`` is the share of the last sampler levels whose estimates are averaged
+    ``learned_upsampling`` passes the projected start of one scan through the learned upsampler
+    (``upsampler.py``); DiffDeuR's INR is then a correction on top of that start, pulled to it by
+    ``upsampled_pull`` instead of ``inr_init_pull`` (``diffdeur.py``). ``average_fraction`` is the share of the last sampler levels whose estimates are averaged
     into the result (0: the last estimate alone). For magnitude images with air around the
     head (``noise.rayleigh_sigma``): ``acquired_grid`` works on the grid the scan was acquired
     on when its stored grid is finer (zero-filled k-space, ``acquisition.py``), and
@@ -42,7 +43,8 @@ class EnhanceSettings:
     inr_lr: float = 0.05
     inr_init_pull: float = 1.0
     start_damping: float = 0.3
-    learned_upsampling: bool = False
+    learned_upsampling: bool = True
+    upsampled_pull: float = 30.0
     sigma_start: float = 0.25
     sigma_end: float = 0.01
     zeta: float = 0.3
@@ -84,6 +86,8 @@ class EnhanceSettings:
             raise ValueError("noise_sigma must be >= 0")
         if self.slice_profile != "box":
             raise ValueError("only the box slice profile is implemented (slice_profile='box')")
+        if not (self.inr_init_pull >= 0 and self.upsampled_pull >= 0):
+            raise ValueError("inr_init_pull and upsampled_pull must be >= 0")
         if not self.start_damping >= 0:
             raise ValueError("start_damping must be >= 0")
         if not 0 <= self.average_fraction <= 1:

@@ -26,7 +26,7 @@ from .alignment import align_and_fuse
 from .grids import resample, voxel_sizes
 from .linalg import conjugate_gradient
 from .problem import Observation, Problem
-from .upsampler import upsample
+from .upsampler import grid_factors, upsample
 
 PROJECTION_ITERS = 30
 
@@ -53,17 +53,28 @@ def aligned_fused_start(p: Problem) -> torch.Tensor:
     return align_and_fuse(p, [denoise_lf(p, obs) for obs in p.observations])
 
 
-def data_consistent_start(p: Problem) -> torch.Tensor:
-    """The start image on the output grid (DiffDeuR's INR is then fitted towards it)."""
-    if p.fused:
-        return aligned_fused_start(p)
+def single_scan_start(p: Problem) -> torch.Tensor:
+    """One scan's start on its fidelity grid: projected, then upsampled when ``p.upsampler`` is set."""
     obs = p.scan
     z_y = denoise_lf(p)
     cubic = resample(z_y, obs.grid, obs.fid_grid, order=3).clamp_min(0)
     x = damped_projection(obs.operator, cubic, z_y, p.settings.start_damping)
     if p.upsampler is not None:  # trained on this projection's output; a second one would bring back its noise
-        x = upsample(p.upsampler, x, [1 / s for s in obs.fid_grid.step], p.settings.max_pixels).clamp_min(0)
+        x = upsample(p.upsampler, x, grid_factors(obs.fid_grid), p.settings.max_pixels).clamp_min(0)
+    return x
+
+
+def on_output_grid(p: Problem, x: torch.Tensor) -> torch.Tensor:
+    """One scan's image on its fidelity grid, on the output grid."""
+    obs = p.scan
     return x if obs.fid_grid == p.out_grid else resample(x, obs.fid_grid, p.out_grid)
+
+
+def data_consistent_start(p: Problem) -> torch.Tensor:
+    """The start image on the output grid (DiffDeuR's INR is then fitted towards it)."""
+    if p.fused:
+        return aligned_fused_start(p)
+    return on_output_grid(p, single_scan_start(p))
 
 
 def run_start(p: Problem) -> torch.Tensor:

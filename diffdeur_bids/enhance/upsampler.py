@@ -44,11 +44,24 @@ class SliceUpsampler(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def has_thick_slices(k) -> bool:
+    """Whether voxels split into ``k`` sub-voxels are thicker along one axis than along the others: what the
+    upsampler restores, and the only scans it was trained on."""
+    k = sorted(float(v) for v in k)
+    return k[2] > k[1] + 1e-3
+
+
+def grid_factors(grid) -> list[float]:
+    """Sub-voxels per LF voxel along each axis of a grid (``grids.Grid``) in LF index space."""
+    return [1 / s for s in grid.step]
+
+
 def slice_families(k) -> list[tuple[int, int, int]]:
-    """``(slicing axis, row axis, column axis)`` of the slice families that contain the thickest axis."""
-    thick = max(range(3), key=lambda a: (k[a], -a))
-    if k[thick] <= 1:
+    """``(slicing axis, row axis, column axis)`` of the slice families that contain the thickest axis
+    (none when no axis is thicker than the others)."""
+    if not has_thick_slices(k):
         return []
+    thick = max(range(3), key=lambda a: (k[a], -a))
     others = [a for a in range(3) if a != thick]
     return [(others[1], thick, others[0]), (others[0], thick, others[1])]
 
@@ -56,7 +69,7 @@ def slice_families(k) -> list[tuple[int, int, int]]:
 def upsample(net: SliceUpsampler, x: torch.Tensor, k, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """The upsampler on a volume whose voxels split each LF voxel into ``k`` (the mean of its two families).
 
-    An isotropic ``k`` of ones returns ``x`` unchanged: nothing was lost between slices.
+    A ``k`` with no axis thicker than the others returns ``x`` unchanged: there are no thick slices.
     """
     families = slice_families(k)
     if not families:

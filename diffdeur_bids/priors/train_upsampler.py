@@ -58,7 +58,9 @@ def make_pair(hf_ras: np.ndarray, hf_affine: np.ndarray, k: tuple[int, int, int]
 
     lf, lf_affine, gt, gt_affine = simulate_lowfield(hf_ras, hf_affine, k, 0.5, noise, seed)
     voxel = tuple(float(v) for v in np.sqrt((gt_affine[:3, :3] ** 2).sum(0)))
-    settings = EnhanceSettings.preset("default", method="start", output_resolution=voxel, seed=seed, threads=threads)
+    # the upsampler learns to follow the start as it is before the upsampler
+    settings = EnhanceSettings.preset("default", method="start", learned_upsampling=False, output_resolution=voxel,
+                                      seed=seed, threads=threads)
     result = enhance(lf, lf_affine, settings, prior=prior)
     if result.image.shape != gt.shape or not np.allclose(result.affine, gt_affine, atol=1e-4):
         raise ValueError(f"the start's grid {result.image.shape} does not match the ground truth's {gt.shape}")
