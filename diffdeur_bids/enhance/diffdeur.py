@@ -35,23 +35,25 @@ MOTION_LR = 0.01  # deg / mm per INR step while the motions are refined
 def run_diffdeur(p: Problem) -> torch.Tensor:
     s, obs = p.settings, p.reference
     # an upsampled start holds detail that the INR's few iterations from scratch would not reach:
-    # the INR is then a correction of it, held near it by upsampled_pull
+    # the INR is then a small correction of it (held near it, with smaller steps)
     corrects_start = p.upsampler is not None and not p.fused
     if corrects_start:
         start_fid = single_scan_start(p)
         start = on_output_grid(p, start_fid)
-        fid, base, pull = p.fidelity(base=(start_fid, start)), start, s.upsampled_pull
+        fid, base = p.fidelity(base=(start_fid, start)), start
+        pull, init_iters, lr = s.upsampled_pull, s.upsampled_init_iters, s.upsampled_lr
     else:
         start = data_consistent_start(p)
-        fid, base, pull = p.fidelity(), None, s.inr_init_pull
+        fid, base = p.fidelity(), None
+        pull, init_iters, lr = s.inr_init_pull, s.inr_init_iters, s.inr_lr
     inr = make_inr(obs.y.shape, obs.fid_grid, p.out_grid, p.device, init_value=float(obs.y.mean()),
                    correction=corrects_start)
-    opt = make_optimizer(inr, s.inr_lr)
+    opt = make_optimizer(inr, lr)
     t0 = time.perf_counter()
-    fit_inr(inr, fid, opt, s.inr_init_iters, z=start, rho=pull / max(obs.noise_sigma, MIN_NOISE_SIGMA) ** 2)
+    fit_inr(inr, fid, opt, init_iters, z=start, rho=pull / max(obs.noise_sigma, MIN_NOISE_SIGMA) ** 2)
     x0 = render(inr, p.out_grid, base)
     # a step is inr_iters of the same INR iterations and one prior pass over the output grid
-    inr_iter_s = (time.perf_counter() - t0) / s.inr_init_iters
+    inr_iter_s = (time.perf_counter() - t0) / init_iters
     p.tick(expected_step_s=s.inr_iters * inr_iter_s + p.prior_cost(x0.numel()))
 
     sigmas = karras_sigmas(s.steps, s.sigma_start, s.sigma_end)

@@ -24,8 +24,9 @@ class EnhanceSettings:
     ``start_damping`` is the lambda of the start's data-consistency step (``start.py``):
     0 projects onto the prior-denoised data exactly, larger values stay nearer interpolation.
     ``learned_upsampling`` passes the projected start of one scan through the learned upsampler
-    (``upsampler.py``); DiffDeuR's INR is then a correction on top of that start, pulled to it by
-    ``upsampled_pull`` instead of ``inr_init_pull`` (``diffdeur.py``). ``average_fraction`` is the share of the last sampler levels whose estimates are averaged
+    (``upsampler.py``); DiffDeuR's INR is then a correction on top of that start, fitted with
+    ``upsampled_pull``, ``upsampled_init_iters`` and ``upsampled_lr`` in place of ``inr_init_pull``,
+    ``inr_init_iters`` and ``inr_lr`` (``diffdeur.py``). ``average_fraction`` is the share of the last sampler levels whose estimates are averaged
     into the result (0: the last estimate alone). For magnitude images with air around the
     head (``noise.rayleigh_sigma``): ``acquired_grid`` works on the grid the scan was acquired
     on when its stored grid is finer (zero-filled k-space, ``acquisition.py``), and
@@ -45,6 +46,8 @@ class EnhanceSettings:
     start_damping: float = 0.3
     learned_upsampling: bool = True
     upsampled_pull: float = 30.0
+    upsampled_init_iters: int = 10
+    upsampled_lr: float = 0.01
     sigma_start: float = 0.25
     sigma_end: float = 0.01
     zeta: float = 0.3
@@ -76,8 +79,8 @@ class EnhanceSettings:
 
     def validate(self) -> None:
         """Refuse out-of-range values (the method name is checked against ``methods.METHODS``)."""
-        if self.steps < 1 or self.num_samples < 1 or self.inr_iters < 1:
-            raise ValueError("steps, num_samples and inr_iters must be at least 1")
+        if self.steps < 1 or self.num_samples < 1 or self.inr_iters < 1 or self.upsampled_init_iters < 1:
+            raise ValueError("steps, num_samples, inr_iters and upsampled_init_iters must be at least 1")
         res = self.output_resolution
         res = (res,) * 3 if isinstance(res, (int, float)) else tuple(res)
         if len(res) != 3 or any(not (0 < r <= 20) for r in res):
