@@ -285,7 +285,8 @@ def test_data_consistent_start_beats_cubic_interpolation(simulated):
 
 
 @pytest.mark.parametrize("field, value", [("zeta", 1.5), ("average_fraction", -0.1), ("average_fraction", 2.0),
-                                          ("start_damping", -1.0), ("steps", 0), ("output_resolution", 0.0)])
+                                          ("start_damping", -1.0), ("steps", 0), ("output_resolution", 0.0),
+                                          ("upsampled_pull", -1.0), ("upsampled_init_iters", 0)])
 def test_settings_refuse_out_of_range_values(field, value):
     with pytest.raises(ValueError, match=field.split("_")[0] if field != "steps" else "at least 1"):
         EnhanceSettings.preset("default", **{field: value}).validate()

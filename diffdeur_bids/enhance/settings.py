@@ -26,11 +26,12 @@ class EnhanceSettings:
     ``learned_upsampling`` passes the projected start of one scan through the learned upsampler
     (``upsampler.py``); DiffDeuR's INR is then a correction on top of that start, fitted with
     ``upsampled_pull``, ``upsampled_init_iters`` and ``upsampled_lr`` in place of ``inr_init_pull``,
-    ``inr_init_iters`` and ``inr_lr`` (``diffdeur.py``). ``average_fraction`` is the share of the last sampler levels whose estimates are averaged
-    into the result (0: the last estimate alone). For magnitude images with air around the
-    head (``noise.rayleigh_sigma``): ``acquired_grid`` works on the grid the scan was acquired
-    on when its stored grid is finer (zero-filled k-space, ``acquisition.py``), and
-    ``rician_unbias`` removes the magnitude's noise bias before the data term.
+    ``inr_init_iters`` and ``inr_lr`` (``diffdeur.py``). ``average_fraction`` is the share of the
+    last sampler levels whose estimates are averaged into the result (0: the last estimate alone).
+    For magnitude images with air around the head (``noise.rayleigh_sigma``): ``acquired_grid``
+    works on the grid the scan was acquired on when its stored grid is finer (zero-filled
+    k-space, ``acquisition.py``), and ``rician_unbias`` removes the magnitude's noise bias
+    before the data term.
     """
 
     method: str = "diffdeur"
