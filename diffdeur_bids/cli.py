@@ -96,7 +96,8 @@ def _memory(ctx, param, value):
 _RERUN_KEYS = ("participant_label", "session_label", "bids_filter_file", "modalities", "max_field_strength",
                "assume_lowfield", "skip_bids_validation", "quality", "output_resolution", "steps", "num_samples",
                "learned_upsampling", "random_seed", "device", "prior", "synthseg", "synthseg_model",
-               "synthseg_robust", "synthseg_backend", "synthseg_parc", "fmriprep_compat", "stacks", "work_dir", "nprocs", "omp_nthreads", "stop_on_first_crash")
+               "synthseg_robust", "synthseg_backend", "synthseg_parc", "fmriprep_compat", "stacks", "work_dir",
+               "nprocs", "omp_nthreads", "stop_on_first_crash")
 
 
 def _config_file(ctx, param, path: Path | None):

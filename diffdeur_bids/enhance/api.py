@@ -20,7 +20,7 @@ from .prior import Prior
 from .problem import Problem, check_input, observation, plan_grids, stack_observation
 from .progress import TimeLeft
 from .settings import EnhanceSettings
-from .upsampler import SliceUpsampler, grid_factors, has_thick_slices
+from .upsampler import SliceUpsampler, has_thick_slices
 
 Progress = Callable[[int, int, float, "float | None"], None]  # (done, total, elapsed s, s left: None = not known yet)
 
@@ -117,13 +117,10 @@ def enhance(lf, lf_affine, settings: EnhanceSettings | None = None, prior: Prior
         raise ValueError(f"method {method.name!r} needs a prior: pass prior=diffdeur_bids.priors.load_prior()")
     if prior is not None:
         prior = prior.to(device).eval()
-    if settings.learned_upsampling and method.upsamples_start and len(lfs) == 1:
-        if upsampler is None:
-            raise ValueError(f"method {method.name!r} with learned_upsampling needs the upsampler: pass "
-                             "upsampler=diffdeur_bids.priors.load_upsampler() (or learned_upsampling=False)")
-        upsampler = upsampler.to(device).eval()
-    else:
-        upsampler = None  # not used: recorded as such
+    upsampling = settings.learned_upsampling and method.upsamples_start and len(lfs) == 1
+    if upsampling and upsampler is None:
+        raise ValueError(f"method {method.name!r} with learned_upsampling needs the upsampler: pass "
+                         "upsampler=diffdeur_bids.priors.load_upsampler() (or learned_upsampling=False)")
 
     out_g, fid_g = plan_grids(lf.shape, lf_affine, settings.output_resolution)  # refuses a grid too large, before any work
     scale = robust_max(lf)  # one scale for every stack: they share the contrast and the scanner
@@ -133,13 +130,14 @@ def enhance(lf, lf_affine, settings: EnhanceSettings | None = None, prior: Prior
         out_g, fid_g = plan_grids(lf.shape, lf_affine, settings.output_resolution, ref.y.shape, ref.affine)
     if len(scans) == 1:
         observations = [observation(ref.y, ref.affine, fid_g, ref.noise, settings.psf_sigma, device)]
-        if not has_thick_slices(grid_factors(fid_g)):
-            upsampler = None  # nothing lies between thick slices here, and the upsampler never saw such a scan
+        # no axis thicker than the others: nothing lies between thick slices, and the upsampler never saw such a scan
+        upsampling = upsampling and has_thick_slices(fid_g.subdivision)
     else:
         centre = (lf_affine @ np.r_[(np.asarray(lf.shape) - 1) / 2.0, 1.0])[:3]
         observations = [stack_observation(scan.y, scan.affine, out_g, scan.noise, settings.psf_sigma, centre, device)
                         for scan in scans]
 
+    upsampler = upsampler.to(device).eval() if upsampling else None  # None: not used, and recorded so
     time_left = TimeLeft(method.ticks(settings), settings.num_samples, method.start_ticks, clock=time.time, t0=t_start)
 
     def tick(expected_step_s=None):

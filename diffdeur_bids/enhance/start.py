@@ -26,7 +26,7 @@ from .alignment import align_and_fuse
 from .grids import resample, voxel_sizes
 from .linalg import conjugate_gradient
 from .problem import Observation, Problem
-from .upsampler import grid_factors, upsample
+from .upsampler import upsample
 
 PROJECTION_ITERS = 30
 
@@ -60,7 +60,7 @@ def single_scan_start(p: Problem) -> torch.Tensor:
     cubic = resample(z_y, obs.grid, obs.fid_grid, order=3).clamp_min(0)
     x = damped_projection(obs.operator, cubic, z_y, p.settings.start_damping)
     if p.upsampler is not None:  # trained on this projection's output; a second one would bring back its noise
-        x = upsample(p.upsampler, x, grid_factors(obs.fid_grid), p.settings.max_pixels).clamp_min(0)
+        x = upsample(p.upsampler, x, obs.fid_grid.subdivision, p.settings.max_pixels).clamp_min(0)
     return x
 
 

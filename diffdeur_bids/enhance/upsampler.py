@@ -51,11 +51,6 @@ def has_thick_slices(k) -> bool:
     return k[2] > k[1] + 1e-3
 
 
-def grid_factors(grid) -> list[float]:
-    """Sub-voxels per LF voxel along each axis of a grid (``grids.Grid``) in LF index space."""
-    return [1 / s for s in grid.step]
-
-
 def slice_families(k) -> list[tuple[int, int, int]]:
     """``(slicing axis, row axis, column axis)`` of the slice families that contain the thickest axis
     (none when no axis is thicker than the others)."""
