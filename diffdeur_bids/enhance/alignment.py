@@ -26,6 +26,7 @@ from .rigid import rotation_deg, translation_mm
 
 PROJECTION_ITERS = 30
 ALIGN_ROUNDS = 2           # register to the reference's interpolation, then to the fused image
+ROUND_ITERS = PROJECTION_ITERS // ALIGN_ROUNDS  # each round's projection goes on from the last round's
 MAX_ROTATION_DEG = 15.0    # a registered motion beyond these is a failed registration
 MAX_TRANSLATION_MM = 20.0
 MIN_EXPLAINED = 0.5        # share of a stack's signal variance the reference's interpolation must explain
@@ -36,8 +37,10 @@ MIN_EDGES = 0.6            # edge correlation (``registration.detail_ncc``) with
 # benchmarks/README.md, "Refusing a stack that is not this head")
 
 
-def fused_projection(p: Problem, start: torch.Tensor, zs: list[torch.Tensor], iters: int = PROJECTION_ITERS):
-    """``argmin ||x - start||^2 + sum_j w_j ||A_j x - z_j||^2`` over every stack, by conjugate gradients."""
+def fused_projection(p: Problem, start: torch.Tensor, zs: list[torch.Tensor], iters: int = PROJECTION_ITERS,
+                     x0: torch.Tensor | None = None):
+    """``argmin ||x - start||^2 + sum_j w_j ||A_j x - z_j||^2`` over every stack, by conjugate gradients from ``x0``
+    (default ``start``)."""
     ref_var = p.reference.noise_sigma ** 2
     weights = [float(np.prod(o.operator.k)) / max(p.settings.start_damping, 1e-6) * ref_var / max(o.noise_sigma**2, 1e-12)
                for o in p.observations]
@@ -47,7 +50,7 @@ def fused_projection(p: Problem, start: torch.Tensor, zs: list[torch.Tensor], it
         return v + sum(w * op.adjoint(op(v)) for w, op in zip(weights, ops))
 
     b = start + sum(w * op.adjoint(z) for w, op, z in zip(weights, ops, zs))
-    return conjugate_gradient(normal, b, start, iters=iters)
+    return conjugate_gradient(normal, b, start if x0 is None else x0, iters=iters)
 
 
 def failed(found: dict, check_match: bool = True) -> bool:
@@ -93,5 +96,5 @@ def align_and_fuse(p: Problem, zs: list[torch.Tensor]) -> torch.Tensor:
     for round_ in range(ALIGN_ROUNDS):
         first = round_ == 0  # against the reference alone: a stack that does not match it is refused here
         p.notes["stacks"] = align_stacks(p, x, zs, LEVELS if first else LEVELS[1:], check_match=first)
-        x = fused_projection(p, c, zs)
+        x = fused_projection(p, c, zs, ROUND_ITERS, x0=None if first else x)
     return x

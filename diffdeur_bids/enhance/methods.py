@@ -44,7 +44,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("inr", baselines.run_inr, False, _once, fuses_stacks=True),
     Method("dps", baselines.run_dps, True, lambda s: s.dps_steps),
     Method("prior_cf", baselines.run_prior_closed_form, True, lambda s: s.steps),
-    Method("start", run_start, True, _once, upsamples_start=True),
+    Method("start", run_start, True, _once, fuses_stacks=True, upsamples_start=True),
 ]}
 
 
