@@ -105,7 +105,12 @@ PAIRS_PER_VOLUME = 2
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch.")
 @click.option("--random-seed", "seed", default=0, show_default=True)
-def upsampler_main(inputs, out_dir, validation, steps, max_minutes, device, threads, seed):
+@click.option("--context-slices", "context", default=0, show_default=True,
+              help="Neighbouring slices the network sees on each side of the one it restores (0: one slice).")
+@click.option("--base-channels", default=32, show_default=True, help="Width of the U-Net's first level.")
+@click.option("--patch", default=64, show_default=True, help="Training patch side in voxels.")
+def upsampler_main(inputs, out_dir, validation, steps, max_minutes, device, threads, seed, context, base_channels,
+                   patch):
     """Train the learned upsampler of the start on INPUTS (high-field NIfTI/MGZ files or folders).
 
     Each volume gives two training pairs (a simulated LF scan's start and the volume), kept in
@@ -115,6 +120,7 @@ def upsampler_main(inputs, out_dir, validation, steps, max_minutes, device, thre
     from tqdm import tqdm
 
     from .enhance.devices import resolve_device
+    from .enhance.prior import PriorConfig
     from .priors import load_prior
     from .priors.train_upsampler import UpsamplerTrainConfig, factors_for, make_pair, train_upsampler
 
@@ -146,7 +152,8 @@ def upsampler_main(inputs, out_dir, validation, steps, max_minutes, device, thre
 
     click.echo(f"training on {len(train_files)} volumes, validating on {len(val_files)}, device {dev}")
     train, val = pairs_of(train_files, 0), pairs_of(val_files, 1)
-    cfg = UpsamplerTrainConfig(steps=steps, max_minutes=max_minutes, threads=threads, seed=seed)
+    cfg = UpsamplerTrainConfig(steps=steps, max_minutes=max_minutes, threads=threads, seed=seed, patch=patch,
+                               net=PriorConfig(base_channels=base_channels, image_channels=2 * context + 1))
     bar = tqdm(total=steps, desc="training", unit="step", dynamic_ncols=True)
 
     def progress(step, total, loss, val):

@@ -40,6 +40,22 @@ def test_each_family_sees_its_slices_with_rows_along_the_thick_axis():
     assert torch.allclose(out, torch.arange(9.0).view(1, 1, 9).expand(5, 6, 9))
 
 
+def test_a_network_with_context_sees_the_neighbouring_slices_edges_repeated():
+    """With two neighbours on each side, channel 0 is the slice two before along the slicing axis."""
+    from diffdeur_bids.enhance.prior import PriorConfig
+
+    class TwoBefore(SliceUpsampler):
+        def forward(self, x, log_k):
+            assert x.shape[1] == 5
+            return x[:, :1]
+
+    x = torch.arange(7.0).view(1, 7, 1).expand(4, 7, 9).contiguous()  # the value is the index along axis 1
+    out = upsample(TwoBefore(PriorConfig(base_channels=8, image_channels=5)), x, (1, 1, 3))
+    # family (1, 2, 0) slices along axis 1 (two before, the edge repeated); family (0, 2, 1) along axis 0 (constant)
+    expected = (torch.tensor([0.0, 0, 0, 1, 2, 3, 4]).view(1, 7, 1) + x) / 2
+    assert torch.equal(out, expected.expand(4, 7, 9))
+
+
 def test_upsampler_files_round_trip_and_are_not_taken_for_a_prior(tmp_path):
     net = SliceUpsampler(metadata={"note": "test"})
     path = tmp_path / "up.safetensors"
@@ -99,6 +115,16 @@ def test_upsampler_training_writes_weights_that_load(tmp_path, mni_small):
     meta = json.loads((tmp_path / "upsampler_metadata.json").read_text())
     assert meta["training_steps"] == 2 and read_upsampler(final).num_parameters == meta["parameters"]
     assert set(meta["final_validation_mse"]) == {"start", "upsampled"}
+    # with neighbouring slices as channels: the file declares them and the start is the centre slice
+    from diffdeur_bids.enhance.prior import PriorConfig
+
+    cfg = UpsamplerTrainConfig(steps=2, batch_size=2, patch=32, net=PriorConfig(base_channels=8, image_channels=5))
+    final = train_upsampler([pair], [pair], tmp_path / "context", cfg, torch.device("cpu"))
+    net = read_upsampler(final)
+    assert net.context == 2
+    with_context = json.loads((tmp_path / "context" / "upsampler_metadata.json").read_text())
+    # the same patches are drawn whatever the context (validation losses compare across networks)
+    assert with_context["final_validation_mse"]["start"] == meta["final_validation_mse"]["start"]
 
 
 def test_a_correction_inr_renders_its_base_until_the_data_move_it():

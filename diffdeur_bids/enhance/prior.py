@@ -40,6 +40,7 @@ class PriorConfig:
     sigma_min: float = 0.002
     sigma_max: float = 2.0
     sigma_data: float = SIGMA_DATA
+    image_channels: int = 1  # slices seen side by side as channels: the prior sees one, the upsampler its neighbours too
 
     @property
     def size_multiple(self) -> int:
@@ -78,7 +79,7 @@ class DenoiserNet(nn.Module):
         self.config = config
         r = config.unshuffle
         widths = [config.base_channels * m for m in config.channel_mults]
-        self.head = nn.Conv2d((1 + cond_channels) * r * r, widths[0], 3, padding=1)
+        self.head = nn.Conv2d((config.image_channels + cond_channels) * r * r, widths[0], 3, padding=1)
         self.down_blocks = nn.ModuleList()
         self.downsamplers = nn.ModuleList()
         for i, w in enumerate(widths):
@@ -94,7 +95,8 @@ class DenoiserNet(nn.Module):
         self.tail = nn.Conv2d(widths[0], r * r, 3, padding=1)
 
     def forward(self, x_scaled: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """``x_scaled`` (N, 1, H, W); ``cond`` (N,) or (N, cond_channels), one value per slice and channel."""
+        """``x_scaled`` (N, image_channels, H, W); ``cond`` (N,) or (N, cond_channels), one value per slice and
+        channel; returns (N, 1, H, W)."""
         n, _, h, w = x_scaled.shape
         cond = cond.reshape(n, -1, 1, 1).expand(n, cond.numel() // n, h, w)
         h = F.pixel_unshuffle(torch.cat([x_scaled, cond], dim=1), self.config.unshuffle)

@@ -5,9 +5,12 @@ what lies between the slices is then as smooth as the interpolation made it. The
 is a residual U-Net (the prior's architecture) trained on high-field volumes to map that
 start, slice by slice, to the high-field image: ``x + f(x; log k_rows, log k_cols)``, on 2D
 slices whose rows run along the thick axis and whose columns run along one in-plane axis,
-with the two factors ``k`` (sub-voxels per LF voxel along each) as input channels. The two
-slice families that contain the thick axis are both restored and averaged, so every axis the
-scan blurred is seen by the network once in-plane and the result stays 3D-consistent.
+with the two factors ``k`` (sub-voxels per LF voxel along each) as input channels. A network
+whose config has ``image_channels`` 2c + 1 also sees the c neighbouring slices on each side (the
+slicing axis is an in-plane axis of the scan, sampled finely: 3D context at 2D cost) and restores
+the centre one. The two slice families that contain the thick axis are both restored and
+averaged, so every axis the scan blurred is seen by the network once in-plane and the result
+stays 3D-consistent.
 
 It is a regression network (no noise level, no sampling): the diffusion prior and the INR
 still do the rest of the schedule from this better start. Weights are read by
@@ -25,7 +28,7 @@ from .prior import DEFAULT_MAX_PIXELS, DenoiserNet, PriorConfig, _pad_to_multipl
 
 
 class SliceUpsampler(nn.Module):
-    """``x + f(x, log k)`` on slices ``(N, 1, H, W)`` (rows along the thick axis)."""
+    """``x + f(x, log k)`` on slices ``(N, 2c + 1, H, W)`` (rows along the thick axis), ``x`` the centre slice."""
 
     def __init__(self, config: PriorConfig | None = None, metadata: dict | None = None):
         super().__init__()
@@ -37,7 +40,13 @@ class SliceUpsampler(nn.Module):
 
     def forward(self, x: torch.Tensor, log_k: torch.Tensor) -> torch.Tensor:
         """``log_k`` (N, 2): the log of the factors along the rows and the columns of each slice."""
-        return x + self.net(x, log_k)
+        c = self.context
+        return x[:, c : c + 1] + self.net(x, log_k)
+
+    @property
+    def context(self) -> int:
+        """Neighbouring slices seen on each side of the one restored."""
+        return (self.config.image_channels - 1) // 2
 
     @property
     def num_parameters(self) -> int:
@@ -85,6 +94,13 @@ def _inverse(order) -> list[int]:
     return inverse
 
 
+def with_neighbours(slices: torch.Tensor, index: torch.Tensor, context: int) -> torch.Tensor:
+    """Slices ``index`` of ``slices`` (S, H, W) with ``context`` neighbours on each side as channels, (N, 2c + 1, H, W);
+    beyond the first and last slice the edge slice is repeated."""
+    offsets = torch.arange(-context, context + 1, device=index.device)
+    return slices[(index[:, None] + offsets).clamp(0, slices.shape[0] - 1)]
+
+
 def _upsample_slices(net: SliceUpsampler, slices: torch.Tensor, log_k: torch.Tensor, max_pixels: int) -> torch.Tensor:
     h, w = slices.shape[-2:]
     multiple = net.config.size_multiple
@@ -92,7 +108,8 @@ def _upsample_slices(net: SliceUpsampler, slices: torch.Tensor, log_k: torch.Ten
     out = torch.empty(slices.shape, device=slices.device, dtype=slices.dtype)
     with torch.inference_mode():
         for start in range(0, slices.shape[0], batch):
-            part = slices[start : start + batch].unsqueeze(1)
+            index = torch.arange(start, min(start + batch, slices.shape[0]), device=slices.device)
+            part = with_neighbours(slices, index, net.context)
             padded = _pad_to_multiple(part, multiple)
             out[start : start + batch] = net(padded, log_k.expand(part.shape[0], 2))[:, 0, :h, :w]
     return out

@@ -5,7 +5,8 @@ sim-lf-v1's model with a random thick axis, factors and noise level, and DiffDeu
 (``method="start"``, the shipped prior) is computed from it on the volume's own grid; the pair
 is that start and the volume, both divided by the LF scan's robust maximum (the units the
 solver works in). The network learns the residual on 2D patches whose rows run along the thick
-axis. The EMA of the weights is what gets shipped.
+axis (with the neighbouring slices as channels when the network sees them). The EMA of the
+weights is what gets shipped.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ import numpy as np
 import torch
 
 from ..enhance.prior import PriorConfig
-from ..enhance.upsampler import SliceUpsampler, slice_families
+from ..enhance.upsampler import SliceUpsampler, slice_families, with_neighbours
 from .train import _lr_at, ema_update, resume_state, save_state
 
 # (in-plane factor, thick factor) drawn per pair, by the volume's voxel size
 FACTORS_2MM = [(1, 3), (1, 4)]
 FACTORS_1MM = [(2, 4), (1, 3), (2, 5), (1, 5)]
 NOISE_RANGE = (0.025, 0.06)
+VALIDATION_PATCH = 64  # fixed, whatever the training patch, so validation losses compare across runs
 
 
 @dataclass
@@ -78,10 +80,12 @@ def factors_for(voxel_mm: float, rng: np.random.Generator) -> tuple[int, int, in
 
 
 class PairSampler:
-    """Augmented 2D patches (start, target, log k) from training pairs, rows along the thick axis."""
+    """Augmented 2D patches (start with ``context`` neighbours on each side, target, log k) from training pairs,
+    rows along the thick axis."""
 
-    def __init__(self, pairs: Sequence[dict], patch: int, seed: int):
+    def __init__(self, pairs: Sequence[dict], patch: int, seed: int, context: int = 0):
         self.patch = patch
+        self.context = context
         self.rng = np.random.default_rng(seed)
         self.items = []  # (start, target, k, family, foreground slice indices)
         for pair in pairs:
@@ -100,16 +104,17 @@ class PairSampler:
         rng, p = self.rng, self.patch
         x, t, k, (axis, rows, cols), idx = self.items[rng.integers(len(self.items))]
         i = int(rng.choice(idx))
-        xs, ts = (v.permute(axis, rows, cols)[i] for v in (x, t))
-        ph, pw = max(0, p - xs.shape[0]), max(0, p - xs.shape[1])
+        xs = with_neighbours(x.permute(axis, rows, cols), torch.tensor([i]), self.context)[0]
+        ts = t.permute(axis, rows, cols)[i]
+        ph, pw = max(0, p - ts.shape[0]), max(0, p - ts.shape[1])
         if ph or pw:
             xs, ts = (torch.nn.functional.pad(v, (0, pw, 0, ph)) for v in (xs, ts))
         fg = torch.nonzero(ts > 0.1 * float(ts.max()))
-        cy, cx = fg[rng.integers(len(fg))].tolist() if len(fg) else (xs.shape[0] // 2, xs.shape[1] // 2)
-        y0 = int(np.clip(cy - p // 2, 0, xs.shape[0] - p))
-        x0 = int(np.clip(cx - p // 2, 0, xs.shape[1] - p))
-        xs, ts = (v[y0 : y0 + p, x0 : x0 + p] for v in (xs, ts))
-        for dim in (0, 1):
+        cy, cx = fg[rng.integers(len(fg))].tolist() if len(fg) else (ts.shape[0] // 2, ts.shape[1] // 2)
+        y0 = int(np.clip(cy - p // 2, 0, ts.shape[0] - p))
+        x0 = int(np.clip(cx - p // 2, 0, ts.shape[1] - p))
+        xs, ts = (v[..., y0 : y0 + p, x0 : x0 + p] for v in (xs, ts))
+        for dim in (-2, -1):
             if rng.random() < 0.5:
                 xs, ts = xs.flip(dim), ts.flip(dim)
         gain = float(rng.uniform(0.85, 1.15))
@@ -117,7 +122,7 @@ class PairSampler:
 
     def batch(self, n: int):
         xs, ts, ks = zip(*(self._one() for _ in range(n)))
-        return torch.stack(xs)[:, None], torch.stack(ts)[:, None], torch.stack(ks)
+        return torch.stack(xs), torch.stack(ts)[:, None], torch.stack(ks)
 
 
 def validation_mse(net: SliceUpsampler, batch) -> dict[str, float]:
@@ -125,7 +130,8 @@ def validation_mse(net: SliceUpsampler, batch) -> dict[str, float]:
     x, t, k = batch
     net.eval()
     with torch.inference_mode():
-        return {"start": float((x - t).pow(2).mean()), "upsampled": float((net(x, k) - t).pow(2).mean())}
+        centre = x[:, net.context : net.context + 1]
+        return {"start": float((centre - t).pow(2).mean()), "upsampled": float((net(x, k) - t).pow(2).mean())}
 
 
 def train_upsampler(train_pairs: Sequence[dict], val_pairs: Sequence[dict], out_dir: str | Path,
@@ -139,10 +145,11 @@ def train_upsampler(train_pairs: Sequence[dict], val_pairs: Sequence[dict], out_
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    sampler = PairSampler(train_pairs, cfg.patch, cfg.seed)
+    context = (cfg.net.image_channels - 1) // 2
+    sampler = PairSampler(train_pairs, cfg.patch, cfg.seed, context)
     val_batch = None
     if val_pairs:
-        val_batch = tuple(v.to(device) for v in PairSampler(val_pairs, cfg.patch, cfg.seed + 1).batch(64))
+        val_batch = tuple(v.to(device) for v in PairSampler(val_pairs, VALIDATION_PATCH, cfg.seed + 1, context).batch(64))
     net = SliceUpsampler(cfg.net).to(device)
     torch.nn.init.zeros_(net.net.tail.weight)  # starts as the identity: the start itself
     torch.nn.init.zeros_(net.net.tail.bias)
