@@ -14,6 +14,7 @@ from diffdeur_bids.enhance.registration import register
 from diffdeur_bids.enhance.stacks import StackOperator
 from diffdeur_bids.evaluation.metrics import registration_error, score_volume
 from diffdeur_bids.evaluation.protocol import STACKS, rigid_about, simulate_stacks
+from diffdeur_bids.priors import load_prior
 
 VOXEL = (6.0, 6.0, 16.0)  # the protocol's 1.5 x 1.5 x 5 mm, scaled for a 4 mm head that runs in seconds
 
@@ -119,11 +120,11 @@ def test_registration_recovers_a_known_motion(stacks):
         assert found.ncc > 0.9
 
 
-def _fused(stacks, n, method="inr", **settings):
+def _fused(stacks, n, method="inr", prior=None, **settings):
     chosen = stacks["stacks"][:n]
     lfs, affs = [s["lf"] for s in chosen], [s["affine"] for s in chosen]
     st = EnhanceSettings.preset("fast", method=method, output_resolution=4.0, device="cpu", threads=1, **settings)
-    return enhance(lfs if n > 1 else lfs[0], affs if n > 1 else affs[0], st)
+    return enhance(lfs if n > 1 else lfs[0], affs if n > 1 else affs[0], st, prior=prior)
 
 
 def test_two_stacks_beat_one_and_three_beat_two(stacks):
@@ -152,6 +153,16 @@ def test_a_stack_that_does_not_match_the_reference_is_refused(stacks, head_4mm, 
     with pytest.raises(RegistrationError) as err:
         enhance(lfs, affs, st)
     assert "stack(s) 1" in str(err.value) and len(err.value.stacks) == 2
+
+
+def test_the_start_ablation_fuses_stacks_too(stacks):
+    """``start@fused`` is a benchmark row: the fused start alone, registered and projected through every stack."""
+    psnr = {}
+    for n in (1, 3):
+        res = _fused(stacks, n, method="start", prior=load_prior(), learned_upsampling=False)
+        psnr[n] = score_volume(res.image, res.affine, stacks["gt"], stacks["gt_affine"], lpips=False)["psnr"]
+    assert len(res.info["stacks"]) == 3
+    assert psnr[3] > psnr[1] + 0.5, psnr
 
 
 def test_methods_that_do_not_fuse_refuse_several_stacks(stacks):
