@@ -51,10 +51,11 @@ def run_diffdeur(p: Problem) -> torch.Tensor:
     opt = make_optimizer(inr, lr)
     t0 = time.perf_counter()
     fit_inr(inr, fid, opt, init_iters, z=start, rho=pull / max(obs.noise_sigma, MIN_NOISE_SIGMA) ** 2)
+    t1 = time.perf_counter()
     x0 = render(inr, p.out_grid, base)
-    # a step is inr_iters of the same INR iterations and one prior pass over the output grid
-    inr_iter_s = (time.perf_counter() - t0) / init_iters
-    p.tick(expected_step_s=s.inr_iters * inr_iter_s + p.prior_cost(x0.numel()))
+    # a step is inr_iters of the same INR iterations, one render and one prior pass over the output grid
+    inr_iter_s, render_s = (t1 - t0) / init_iters, time.perf_counter() - t1
+    p.tick(expected_step_s=s.inr_iters * inr_iter_s + render_s + p.prior_cost(x0.numel()))
 
     sigmas = karras_sigmas(s.steps, s.sigma_start, s.sigma_end)
     refine_from = sigmas[len(sigmas) // 2] if p.fused and s.steps > 1 else -1.0
