@@ -10,6 +10,7 @@ import torch
 
 from diffdeur_bids.enhance import EnhanceSettings, enhance
 from diffdeur_bids.enhance.errors import CheckpointError
+from diffdeur_bids.enhance.prior import PriorConfig
 from diffdeur_bids.enhance.upsampler import SliceUpsampler, slice_families, upsample
 from diffdeur_bids.evaluation.metrics import score_volume
 from diffdeur_bids.evaluation.protocol import simulate_lowfield
@@ -42,8 +43,6 @@ def test_each_family_sees_its_slices_with_rows_along_the_thick_axis():
 
 def test_a_network_with_context_sees_the_neighbouring_slices_edges_repeated():
     """With two neighbours on each side, channel 0 is the slice two before along the slicing axis."""
-    from diffdeur_bids.enhance.prior import PriorConfig
-
     class TwoBefore(SliceUpsampler):
         def forward(self, x, log_k):
             assert x.shape[1] == 5
@@ -116,8 +115,6 @@ def test_upsampler_training_writes_weights_that_load(tmp_path, mni_small):
     assert meta["training_steps"] == 2 and read_upsampler(final).num_parameters == meta["parameters"]
     assert set(meta["final_validation_mse"]) == {"start", "upsampled"}
     # with neighbouring slices as channels: the file declares them and the start is the centre slice
-    from diffdeur_bids.enhance.prior import PriorConfig
-
     cfg = UpsamplerTrainConfig(steps=2, batch_size=2, patch=32, net=PriorConfig(base_channels=8, image_channels=5))
     final = train_upsampler([pair], [pair], tmp_path / "context", cfg, torch.device("cpu"))
     net = read_upsampler(final)

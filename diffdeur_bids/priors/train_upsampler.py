@@ -145,12 +145,11 @@ def train_upsampler(train_pairs: Sequence[dict], val_pairs: Sequence[dict], out_
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    context = (cfg.net.image_channels - 1) // 2
-    sampler = PairSampler(train_pairs, cfg.patch, cfg.seed, context)
+    net = SliceUpsampler(cfg.net).to(device)
+    sampler = PairSampler(train_pairs, cfg.patch, cfg.seed, net.context)
     val_batch = None
     if val_pairs:
-        val_batch = tuple(v.to(device) for v in PairSampler(val_pairs, VALIDATION_PATCH, cfg.seed + 1, context).batch(64))
-    net = SliceUpsampler(cfg.net).to(device)
+        val_batch = tuple(v.to(device) for v in PairSampler(val_pairs, VALIDATION_PATCH, cfg.seed + 1, net.context).batch(64))
     torch.nn.init.zeros_(net.net.tail.weight)  # starts as the identity: the start itself
     torch.nn.init.zeros_(net.net.tail.bias)
     ema = copy.deepcopy(net).eval()
