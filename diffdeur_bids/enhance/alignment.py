@@ -27,6 +27,9 @@ from .rigid import rotation_deg, translation_mm
 PROJECTION_ITERS = 30
 ALIGN_ROUNDS = 2           # register to the reference's interpolation, then to the fused image
 ROUND_ITERS = PROJECTION_ITERS // ALIGN_ROUNDS  # each round's projection goes on from the last round's
+# the first round registers to the reference's interpolation, which lacks the detail across its thick
+# slices that the exact operator's level would fit: only the blurred levels; the second round refines
+FIRST_ROUND_LEVELS = LEVELS[:-1]
 MAX_ROTATION_DEG = 15.0    # a registered motion beyond these is a failed registration
 MAX_TRANSLATION_MM = 20.0
 MIN_EXPLAINED = 0.5        # share of a stack's signal variance the reference's interpolation must explain
@@ -95,6 +98,6 @@ def align_and_fuse(p: Problem, zs: list[torch.Tensor]) -> torch.Tensor:
     x = c
     for round_ in range(ALIGN_ROUNDS):
         first = round_ == 0  # against the reference alone: a stack that does not match it is refused here
-        p.notes["stacks"] = align_stacks(p, x, zs, LEVELS if first else LEVELS[1:], check_match=first)
+        p.notes["stacks"] = align_stacks(p, x, zs, FIRST_ROUND_LEVELS if first else LEVELS[1:], check_match=first)
         x = fused_projection(p, c, zs, ROUND_ITERS, x0=None if first else x)
     return x
