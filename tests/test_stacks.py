@@ -9,7 +9,7 @@ from scipy.spatial.transform import Rotation
 
 from diffdeur_bids.enhance import EnhanceSettings, RegistrationError, enhance
 from diffdeur_bids.enhance.forward import Degradation
-from diffdeur_bids.enhance.grids import output_grid
+from diffdeur_bids.enhance.grids import output_grid, sample_points, sample_points_adjoint
 from diffdeur_bids.enhance.registration import register
 from diffdeur_bids.enhance.stacks import StackOperator
 from diffdeur_bids.evaluation.metrics import registration_error, score_volume
@@ -32,6 +32,28 @@ def head_4mm():
 @pytest.fixture(scope="module")
 def stacks(head_4mm):
     return simulate_stacks(*head_4mm, seed=3, voxel_mm=VOXEL)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_points_split_over_threads_read_and_transpose_as_one_grid_sample(threads):
+    """The points go to grid_sample in one batch per thread (140 of them: not a multiple of 3); the values
+    are exactly those of one call, and the adjoint is its transpose."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand((7, 9, 11), generator=gen, dtype=torch.float64)
+    points = torch.rand((1, 5, 4, 7, 3), generator=gen, dtype=torch.float64) * 2.2 - 1.1  # some outside: edges
+    y = torch.rand((5, 4, 7), generator=gen, dtype=torch.float64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        values = sample_points(x, points)
+        back = sample_points_adjoint(y, points, x.shape)
+    finally:
+        torch.set_num_threads(before)
+    one_call = torch.nn.functional.grid_sample(x[None, None], points, mode="bilinear", padding_mode="border",
+                                               align_corners=True)[0, 0]
+    assert values.shape == (5, 4, 7) and torch.equal(values, one_call)
+    assert back.shape == x.shape
+    assert float((y * values).sum()) == pytest.approx(float((back * x).sum()), rel=1e-12)
 
 
 def _centre(stack) -> np.ndarray:

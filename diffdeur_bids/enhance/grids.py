@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 _INTEGER_TOL = 1e-3
 
@@ -112,8 +113,41 @@ def resample(volume: torch.Tensor, src: Grid, dst: Grid, order: int = 1) -> torc
         return torch.from_numpy(out.astype(np.float32)).to(volume.device)
     norm = [(a.to(volume.device) / max(n - 1, 1)) * 2 - 1 for a, n in zip(axes, src.shape)]
     coords = torch.stack(torch.meshgrid(*norm, indexing="ij"), dim=-1).flip(-1)[None]
-    out = torch.nn.functional.grid_sample(volume[None, None], coords, mode="bilinear", padding_mode="border", align_corners=True)
-    return out[0, 0]
+    return sample_points(volume, coords)
+
+
+def _point_batches(points: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``points`` ``(1, ..., 3)`` as ``(B, 1, 1, P / B, 3)``, padded with its last point, and the count ``P``.
+
+    On the CPU, torch's 3D ``grid_sample`` (and its backward) parallelises over the batch only: one
+    batch per thread spreads the points over the threads (the values are the same)."""
+    flat = points.reshape(-1, 3)
+    count = flat.shape[0]
+    batches = torch.get_num_threads() if points.device.type == "cpu" else 1
+    batches = max(1, min(batches, count))
+    pad = -count % batches
+    if pad:
+        flat = torch.cat([flat, flat[-1:].expand(pad, 3)])
+    return flat.reshape(batches, 1, 1, -1, 3), count
+
+
+def sample_points(x: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """``x`` (3D) read trilinearly at ``points`` (``grid_sample``'s coordinates, align_corners, edges
+    replicate), in the shape of ``points`` without its last axis; differentiable in both."""
+    batched, count = _point_batches(points)
+    out = F.grid_sample(x[None, None].expand(batched.shape[0], 1, *x.shape), batched, mode="bilinear",
+                        padding_mode="border", align_corners=True)
+    return out.reshape(-1)[:count].reshape(points.shape[1:-1])
+
+
+def sample_points_adjoint(y: torch.Tensor, points: torch.Tensor, shape) -> torch.Tensor:
+    """The transpose of :func:`sample_points` from a volume of ``shape``: torch's backward kernel of
+    ``grid_sample`` alone, without the forward pass a vector-Jacobian product would repeat."""
+    batched, count = _point_batches(points.detach())
+    grad_out = F.pad(y.reshape(-1), (0, batched.shape[0] * batched.shape[3] - count)).reshape(batched.shape[:-1])
+    zeros = torch.zeros((batched.shape[0], 1, *shape), device=y.device, dtype=y.dtype)  # only its shape matters
+    grad, _ = torch.ops.aten.grid_sampler_3d_backward(grad_out[:, None], zeros, batched, 0, 1, True, [True, False])
+    return grad.sum((0, 1))
 
 
 def half_pixel_scales(scale, offset) -> list[float] | None:

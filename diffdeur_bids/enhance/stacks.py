@@ -12,8 +12,7 @@ axes of the stack, in its own orientation) and ``PSF_j`` the in-plane Gaussian o
 grid (none across thick slices). ``x`` is the output-grid image, read between its voxel centres
 by trilinear interpolation (its edge voxels extended outwards): the operator is exact for that
 continuous image. The adjoint is the transposes in reverse order: the degradation's, then the
-interpolation's (torch's own backward kernel of ``grid_sample``, without the forward pass a
-vector-Jacobian product would repeat); ``tests/test_stacks.py`` checks the dot product. Through
+interpolation's (``grids.sample_points_adjoint``); ``tests/test_stacks.py`` checks the dot product. Through
 autograd the operator also gives the gradient with respect to the six motion parameters, for
 refining them during the fit.
 """
@@ -25,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from .forward import Degradation
-from .grids import Grid, half_pixel_scales, subdivided_grid, upsample_trilinear, upsample_trilinear_adjoint, voxel_sizes
+from .grids import (Grid, half_pixel_scales, sample_points, sample_points_adjoint, subdivided_grid, upsample_trilinear,
+                    upsample_trilinear_adjoint, voxel_sizes)
 from .rigid import rigid_matrix
 
 THICK_RATIO = 1.5  # an axis whose voxel is this many times the finest is a slice axis: no PSF across it
@@ -115,7 +115,7 @@ class StackOperator:
         """``x`` at the stack's sub-voxel points (the fine grid ``self.fine``)."""
         if self._upsampling():  # the same values by a separable kernel, several times faster than grid_sample
             return upsample_trilinear(x[None, None], self.fine.shape, self._aligned_scales)[0, 0]
-        return F.grid_sample(x[None, None], self._points(), mode="bilinear", padding_mode="border", align_corners=True)[0, 0]
+        return sample_points(x, self._points())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.degradation(self.sample(x))
@@ -125,7 +125,4 @@ class StackOperator:
         fine = self.degradation.adjoint(y)
         if self._upsampling():
             return upsample_trilinear_adjoint(fine[None, None], (1, 1, *self.out_shape), self._aligned_scales)[0, 0]
-        zeros = torch.zeros((1, 1, *self.out_shape), device=y.device, dtype=y.dtype)  # only its shape matters
-        grad, _ = torch.ops.aten.grid_sampler_3d_backward(
-            fine[None, None], zeros, self._points().detach(), 0, 1, True, [True, False])  # bilinear, border
-        return grad[0, 0]
+        return sample_points_adjoint(fine, self._points(), self.out_shape)
