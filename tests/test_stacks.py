@@ -118,6 +118,9 @@ def test_an_unmoved_reference_is_read_by_upsampling_with_the_values_of_grid_samp
     gen = torch.Generator().manual_seed(2)
     x, y = torch.rand(out.shape, generator=gen), torch.rand((20, 24, 6), generator=gen)
     fast = op(x), op.adjoint(y)
+    leaf = x.clone().requires_grad_(True)
+    (op(leaf) * y).sum().backward()  # autograd takes the upsampling's own transpose
+    torch.testing.assert_close(leaf.grad, fast[1], atol=1e-6, rtol=0)
     op.params = torch.tensor([0.0, 0.0, 0.0, 1e-9, 0.0, 0.0], dtype=torch.float64)  # moved: grid_sample's path
     assert not op._upsampling()
     torch.testing.assert_close(fast[0], op(x), atol=1e-5, rtol=0)

@@ -73,9 +73,8 @@ class Degradation:
         return F.avg_pool3d(x[None, None], self.k, self.k)[0, 0]
 
     def downsample_adjoint(self, y):
-        up = y
-        for axis, k in enumerate(self.k):
-            up = up.repeat_interleave(k, dim=axis)
+        (n0, n1, n2), (k0, k1, k2) = y.shape, self.k
+        up = y[:, None, :, None, :, None].expand(n0, k0, n1, k1, n2, k2).reshape(n0 * k0, n1 * k1, n2 * k2)
         return up / float(np.prod(self.k))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -166,9 +166,39 @@ def upsample_trilinear(x: torch.Tensor, shape, scales) -> torch.Tensor:
     return torch.ops.aten.upsample_trilinear3d(x, list(shape), False, *scales)
 
 
-def upsample_trilinear_adjoint(y: torch.Tensor, in_shape, scales) -> torch.Tensor:
-    """The transpose of :func:`upsample_trilinear` from an input of ``in_shape`` ``(N, C, X, Y, Z)``."""
-    return torch.ops.aten.upsample_trilinear3d_backward(y, list(y.shape[2:]), list(in_shape), False, *scales)
+class AlignedUpsampling:
+    """:func:`upsample_trilinear` from ``in_shape`` to ``shape`` (3D) with a fast transpose: torch's backward
+    kernel of it runs on one thread (it parallelises over channels only, and there is one), while the
+    separable 1D weights (torch's own) make the transpose three matrix products. Autograd uses that transpose."""
+
+    def __init__(self, in_shape, shape, scales):
+        self.in_shape, self.shape, self.scales = tuple(in_shape), tuple(shape), list(scales)
+        self.weights = [None if n == m and s == 1.0 else torch.ops.aten.upsample_linear1d(torch.eye(n)[None], [m], False, s)[0]
+                        for n, m, s in zip(self.in_shape, self.shape, self.scales)]  # (n, m): input i's weight at output j
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return _Upsampling.apply(x, self)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        w0, w1, w2 = (w if w is None else w.to(y) for w in self.weights)
+        if w2 is not None:
+            y = y @ w2.T
+        if w1 is not None:
+            y = torch.matmul(w1, y)
+        if w0 is not None:
+            y = (w0 @ y.reshape(y.shape[0], -1)).reshape(w0.shape[0], *y.shape[1:])
+        return y
+
+
+class _Upsampling(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, up):
+        ctx.up = up
+        return upsample_trilinear(x[None, None], up.shape, up.scales)[0, 0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.up.adjoint(grad), None
 
 
 def lf_grid(lf_shape, lf_affine) -> Grid:
