@@ -116,15 +116,19 @@ def resample(volume: torch.Tensor, src: Grid, dst: Grid, order: int = 1) -> torc
     return sample_points(volume, coords)
 
 
+MAX_POINT_BATCHES = 4
+
+
 def _point_batches(points: torch.Tensor) -> tuple[torch.Tensor, int]:
     """``points`` ``(1, ..., 3)`` as ``(B, 1, 1, P / B, 3)``, padded with its last point, and the count ``P``.
 
     On the CPU, torch's 3D ``grid_sample`` (and its backward) parallelises over the batch only: one
-    batch per thread spreads the points over the threads (the values are the same)."""
+    batch per thread spreads the points over the threads (the values are the same). At most
+    ``MAX_POINT_BATCHES``: the backward kernel writes one volume per batch before they are summed."""
     flat = points.reshape(-1, 3)
     count = flat.shape[0]
     batches = torch.get_num_threads() if points.device.type == "cpu" else 1
-    batches = max(1, min(batches, count))
+    batches = max(1, min(batches, MAX_POINT_BATCHES, count))
     pad = -count % batches
     if pad:
         flat = torch.cat([flat, flat[-1:].expand(pad, 3)])
