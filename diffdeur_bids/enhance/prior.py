@@ -174,6 +174,13 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return x
 
 
+def slices_per_batch(net, size, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """How many slices of ``size`` (H, W) one batch of :func:`denoise_slices` holds, padding included."""
+    multiple = net.config.size_multiple
+    h, w = size
+    return max(1, max_pixels // ((h + (-h) % multiple) * (w + (-w) % multiple)))
+
+
 def denoise_slices(net, slices: torch.Tensor, sigma: float, max_pixels: int = DEFAULT_MAX_PIXELS,
                    grad_out: torch.Tensor | None = None) -> torch.Tensor:
     """The prior ``net`` on a stack of slices ``(N, H, W)``, batched by a pixel budget.
@@ -185,8 +192,7 @@ def denoise_slices(net, slices: torch.Tensor, sigma: float, max_pixels: int = DE
     """
     h, w = slices.shape[-2:]
     multiple = net.config.size_multiple
-    per_slice = (h + (-h) % multiple) * (w + (-w) % multiple)
-    batch = max(1, max_pixels // per_slice)
+    batch = slices_per_batch(net, (h, w), max_pixels)
     sig = torch.tensor([sigma], device=slices.device, dtype=slices.dtype)
     while True:
         try:

@@ -19,7 +19,7 @@ from .forward import Degradation
 from .fusion import StacksFidelity
 from .grids import Grid, fidelity_grid, grid_in_space, lf_grid, output_grid, subdivided_grid
 from .inr import FidelityProblem
-from .prior import Prior
+from .prior import Prior, slices_per_batch
 from .settings import EnhanceSettings
 from .stacks import StackOperator
 from .upsampler import SliceUpsampler
@@ -57,8 +57,6 @@ class Problem:
     generator: torch.Generator
     tick: Callable[..., None] = field(default=lambda expected_step_s=None: None)  # a part done (``progress.TimeLeft``)
     notes: dict = field(default_factory=dict)  # what a method found on the way (the stacks' registration)
-    prior_seconds: float = 0.0  # time spent in the prior step so far, and on how many voxels: its measured cost
-    prior_voxels: int = 0
     upsampler: SliceUpsampler | None = None  # the start's learned upsampler, when the settings ask for it
 
     @property
@@ -89,15 +87,17 @@ class Problem:
 
     def denoise(self, x: torch.Tensor, sigma: float, axis: int) -> torch.Tensor:
         """The prior step ``D(x; sigma)``, slices along ``axis``."""
-        t0 = time.perf_counter()
-        out = self.prior.denoise(x, sigma, axis, max_pixels=self.settings.max_pixels)
-        self.prior_seconds += time.perf_counter() - t0
-        self.prior_voxels += x.numel()
-        return out
+        return self.prior.denoise(x, sigma, axis, max_pixels=self.settings.max_pixels)
 
-    def prior_cost(self, voxels: int) -> float:
-        """Seconds the prior step should take on ``voxels`` voxels, from what it has cost so far."""
-        return self.prior_seconds / self.prior_voxels * voxels if self.prior_voxels else 0.0
+    def prior_cost(self, x: torch.Tensor, axis: int = 0) -> float:
+        """Seconds a prior step on ``x`` (slices along ``axis``) should take, from one batch of its slices
+        timed: the cost per voxel depends on the slices' size, so the start's, on the scan's own slices,
+        would not tell it."""
+        n = min(x.shape[axis], slices_per_batch(self.prior, [v for a, v in enumerate(x.shape) if a != axis],
+                                                self.settings.max_pixels))
+        t0 = time.perf_counter()
+        self.prior.denoise(x.narrow(axis, 0, n), self.settings.sigma_start, axis, max_pixels=self.settings.max_pixels)
+        return (time.perf_counter() - t0) / n * x.shape[axis]
 
     def randn(self, shape) -> torch.Tensor:
         return torch.randn(shape, generator=self.generator, device=self.device)

@@ -6,8 +6,8 @@ by the ticks done, as if every tick cost the same, overstates the time left by t
 (issue 19 measured "about 2228 s left" with 263 s to go). Here the start ticks and the step ticks
 are timed apart, and the time left is their measured means times what is left of each. Before a
 step has been timed, the method may give the step's expected cost from the parts of the start it
-shares with a step (DiffDeuR: its INR iterations and the prior's cost per voxel); without that
-there is no estimate (``None``).
+shares with a step (DiffDeuR: its INR iterations and render, and one batch of the prior timed on the
+output grid); without that there is no estimate (``None``).
 """
 
 from __future__ import annotations
