@@ -71,7 +71,7 @@ def memory_limit_gb() -> float | None:
 # activations, which do not grow with the volume) plus bytes per output voxel (the estimate, the INR's
 # feature grids, their values on the whole grid and the gradients of both). Fitted to the peaks measured on
 # full heads at 2 mm and 1 mm output (0.9 M and 7.0 M voxels) and checked on the benchmark's 1.3 M- and
-# 2.8 M-voxel volumes and three fused stacks of a head: within 8 % of each (benchmarks/README.md, "Memory model").
+# 2.8 M-voxel volumes and three fused stacks of a head: within 15 % of each (benchmarks/README.md, "Memory model").
 # Nipype uses it to decide how many scans run at once under --mem.
 _BYTES_PER_OUTPUT_VOXEL = 150
 _BASE_GB = 0.75
