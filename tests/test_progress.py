@@ -34,3 +34,17 @@ def test_an_expected_step_cost_gives_the_first_line_an_estimate():
     assert left.tick(expected_step_s=10.0) == (1, 5, 100, 40.0)  # four steps of the expected 10 s
     assert left.tick() == (2, 5, 112, 36.0)  # then the measured 12 s replaces the expectation
     assert left.tick(expected_step_s=1.0)[3] == 24.0
+
+
+def test_a_priced_step_is_asked_for_only_before_any_step_is_timed():
+    calls = []
+
+    def price():
+        calls.append(1)
+        return 10.0
+
+    left = TimeLeft(steps_per_sample=3, samples=2, start_ticks=1, clock=clock(0, 100, 112, 124, 224))
+    assert left.tick(expected_step_s=price) == (1, 6, 100, 10.0 + 10.0 + 100.0 + 20.0)
+    left.tick(), left.tick()
+    left.tick(expected_step_s=price)  # the second sample's start: its steps are known by now
+    assert calls == [1]

@@ -55,7 +55,7 @@ def run_diffdeur(p: Problem) -> torch.Tensor:
     x0 = render(inr, p.out_grid, base)
     # a step is inr_iters of the same INR iterations, one render and one prior pass over the output grid
     inr_iter_s, render_s = (t1 - t0) / init_iters, time.perf_counter() - t1
-    p.tick(expected_step_s=s.inr_iters * inr_iter_s + render_s + p.prior_cost(x0))
+    p.tick(expected_step_s=lambda: s.inr_iters * inr_iter_s + render_s + p.prior_cost(x0))
 
     sigmas = karras_sigmas(s.steps, s.sigma_start, s.sigma_end)
     refine_from = sigmas[len(sigmas) // 2] if p.fused and s.steps > 1 else -1.0

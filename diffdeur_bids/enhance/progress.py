@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 
 @dataclass
@@ -38,10 +39,11 @@ class TimeLeft:
     def total(self) -> int:
         return self.steps_per_sample * self.samples
 
-    def tick(self, expected_step_s: float | None = None) -> tuple[int, int, float, float | None]:
-        """One part done; ``expected_step_s``: what a step should cost, used until one is timed."""
-        if expected_step_s is not None:
-            self._expected_step = float(expected_step_s)
+    def tick(self, expected_step_s: "float | Callable[[], float] | None" = None) -> tuple[int, int, float, float | None]:
+        """One part done; ``expected_step_s``: what a step should cost, used until one is timed (a function is
+        called only then: pricing a step may cost work, as DiffDeuR's timed prior batch does)."""
+        if expected_step_s is not None and not self._steps:
+            self._expected_step = float(expected_step_s() if callable(expected_step_s) else expected_step_s)
         now = self.clock()
         done = len(self._starts) + len(self._steps)
         in_sample = done % self.steps_per_sample

@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from .prior import DEFAULT_MAX_PIXELS, DenoiserNet, PriorConfig, _pad_to_multiple
+from .prior import DEFAULT_MAX_PIXELS, DenoiserNet, PriorConfig, slices_per_batch, _pad_to_multiple
 
 
 class SliceUpsampler(nn.Module):
@@ -104,7 +104,7 @@ def with_neighbours(slices: torch.Tensor, index: torch.Tensor, context: int) -> 
 def _upsample_slices(net: SliceUpsampler, slices: torch.Tensor, log_k: torch.Tensor, max_pixels: int) -> torch.Tensor:
     h, w = slices.shape[-2:]
     multiple = net.config.size_multiple
-    batch = max(1, max_pixels // ((h + (-h) % multiple) * (w + (-w) % multiple)))
+    batch = slices_per_batch(net, (h, w), max_pixels)
     out = torch.empty(slices.shape, device=slices.device, dtype=slices.dtype)
     with torch.inference_mode():
         for start in range(0, slices.shape[0], batch):
