@@ -125,10 +125,11 @@ def methods_text(config: Config, resolved: Resolved) -> str:
         f"levels of a Karras schedule from {s.sigma_start:g} to {s.sigma_end:g} [@edm; @diffpir] with a "
         "data-fidelity step, in which an implicit neural representation of the volume is fitted to the scan "
         "through the degradation model."
-        + (" For a single scan, the sampler started from the prior-denoised scan interpolated, projected onto "
-           "the data and passed through a learned two-dimensional upsampler (a residual U-Net trained on "
-           "high-field volumes to restore what lies between thick slices); the implicit representation was "
-           "then fitted as a correction of that start." if config.learned_upsampling else "")
+        + (" The sampler started from the prior-denoised scan interpolated, projected onto the data and passed "
+           "through a learned two-dimensional upsampler (a residual U-Net trained on high-field volumes to restore "
+           "what lies between thick slices; several stacks of one contrast each on its own, then fused through "
+           "every stack's degradation); the implicit representation was then fitted as a correction of that "
+           "start." if config.learned_upsampling else "")
         + f" The prior was {_prior_sentence(resolved)}. Images were written at "
         f"{res:g} mm isotropic resolution"
         + (f", as the mean of {config.num_samples} posterior samples, with their voxel-wise standard deviation as an "

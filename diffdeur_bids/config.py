@@ -44,7 +44,7 @@ class Config:
     output_resolution: float = 1.0
     steps: int | None = None
     num_samples: int = 1
-    learned_upsampling: bool = True    # the start's learned upsampler (single scans)
+    learned_upsampling: bool = True    # the start's learned upsampler
     random_seed: int = 0
     device: str = "auto"
     prior: str = DEFAULT_PRIOR         # a shipped prior's name or a weights file

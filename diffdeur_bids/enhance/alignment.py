@@ -5,7 +5,8 @@ reference's cubic interpolation, then the fused image itself. The fused image mi
 
     ||x - c||^2 + sum_j (K_j / lambda) (sigma_ref / sigma_j)^2 ||A_j x - z_j||^2
 
-(``c`` the reference's interpolation, ``z_j`` stack ``j``'s data, ``K_j`` its points per voxel,
+(``c`` the reference's interpolation, or in the last round the mean of the stacks' upsampled starts
+when ``start.py`` gives it, ``z_j`` stack ``j``'s data, ``K_j`` its points per voxel,
 ``lambda`` the start's damping): for one stack, the start's projection step (``start.py``).
 A registration that fails (a motion beyond ``MAX_ROTATION_DEG`` / ``MAX_TRANSLATION_MM``, or a
 stack that the reference's interpolation does not match: ``align_stacks``) raises
@@ -13,6 +14,8 @@ stack that the reference's interpolation does not match: ``align_stacks``) raise
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import torch
@@ -92,12 +95,19 @@ def align_stacks(p: Problem, x: torch.Tensor, zs: list[torch.Tensor], levels=LEV
     return found
 
 
-def align_and_fuse(p: Problem, zs: list[torch.Tensor]) -> torch.Tensor:
-    """Align every stack's data ``zs`` and fuse them on the output grid; the registration goes to ``p.notes``."""
+def align_and_fuse(p: Problem, zs: list[torch.Tensor], centre: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
+    """Align every stack's data ``zs`` and fuse them on the output grid; the registration goes to ``p.notes``.
+
+    ``centre``, called once the motions are registered, gives the image the last round's fused image stays
+    near (``c`` above) in place of the reference's interpolation.
+    """
     c = resample(zs[0], p.reference.grid, p.out_grid, order=3).clamp_min(0)
     x = c
     for round_ in range(ALIGN_ROUNDS):
         first = round_ == 0  # against the reference alone: a stack that does not match it is refused here
+        last = round_ == ALIGN_ROUNDS - 1
         p.notes["stacks"] = align_stacks(p, x, zs, FIRST_ROUND_LEVELS if first else LEVELS[1:], check_match=first)
+        if last and centre is not None:
+            c = x = centre()
         x = fused_projection(p, c, zs, ROUND_ITERS, x0=None if first else x)
     return x

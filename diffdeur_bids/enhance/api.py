@@ -117,7 +117,7 @@ def enhance(lf, lf_affine, settings: EnhanceSettings | None = None, prior: Prior
         raise ValueError(f"method {method.name!r} needs a prior: pass prior=diffdeur_bids.priors.load_prior()")
     if prior is not None:
         prior = prior.to(device).eval()
-    upsampling = settings.learned_upsampling and method.upsamples_start and len(lfs) == 1
+    upsampling = settings.learned_upsampling and method.upsamples_start
     if upsampling and upsampler is None:
         raise ValueError(f"method {method.name!r} with learned_upsampling needs the upsampler: pass "
                          "upsampler=diffdeur_bids.priors.load_upsampler() (or learned_upsampling=False)")
@@ -136,6 +136,7 @@ def enhance(lf, lf_affine, settings: EnhanceSettings | None = None, prior: Prior
         centre = (lf_affine @ np.r_[(np.asarray(lf.shape) - 1) / 2.0, 1.0])[:3]
         observations = [stack_observation(scan.y, scan.affine, out_g, scan.noise, settings.psf_sigma, centre, device)
                         for scan in scans]
+        upsampling = upsampling and any(has_thick_slices(o.operator.k) for o in observations)
 
     upsampler = upsampler.to(device).eval() if upsampling else None  # None: not used, and recorded so
     time_left = TimeLeft(method.ticks(settings), settings.num_samples, method.start_ticks, clock=time.time, t0=t_start)

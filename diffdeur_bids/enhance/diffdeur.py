@@ -2,8 +2,8 @@
 
 The INR is first fitted to the data with a pull towards the data-consistent start
 (``start.py``), which keeps it from fitting the noise and gives the sampler its starting
-point. When the start of one scan went through the learned upsampler, the INR is a correction
-of that start (``f = start + INR``) rather than an image of its own. Then, at each level of the
+point. When the start went through the learned upsampler (one scan's, or each of several
+stacks'), the INR is a correction of that start (``f = start + INR``) rather than an image of its own. Then, at each level of the
 HQS loop (``hqs.py``), the fidelity step is a few optimiser steps of the INR on
 
     ||A f - y||^2 / sigma_n^2 + rho_t ||f - z||^2,   rho_t = mu / sigma_t^2
@@ -26,7 +26,7 @@ from .forward import MIN_NOISE_SIGMA
 from .hqs import karras_sigmas, sample_problem
 from .inr import fit_inr, make_inr, make_optimizer, render
 from .problem import Problem
-from .start import data_consistent_start, on_output_grid, single_scan_start
+from .start import aligned_fused_start, data_consistent_start, on_output_grid, single_scan_start
 
 
 MOTION_LR = 0.01  # deg / mm per INR step while the motions are refined
@@ -34,12 +34,12 @@ MOTION_LR = 0.01  # deg / mm per INR step while the motions are refined
 
 def run_diffdeur(p: Problem) -> torch.Tensor:
     s, obs = p.settings, p.reference
-    # an upsampled start holds detail that the INR's few iterations from scratch would not reach:
-    # the INR is then a small correction of it (held near it, with smaller steps)
-    corrects_start = p.upsampler is not None and not p.fused
+    # an upsampled start (one scan's, or the fused stacks') holds detail that the INR's few iterations from
+    # scratch would not reach: the INR is then a small correction of it (held near it, with smaller steps)
+    corrects_start = p.upsampler is not None
     if corrects_start:
-        start_fid = single_scan_start(p)
-        start = on_output_grid(p, start_fid)
+        start_fid = aligned_fused_start(p) if p.fused else single_scan_start(p)
+        start = start_fid if p.fused else on_output_grid(p, start_fid)  # several stacks: both on the output grid
         fid, base = p.fidelity(base=(start_fid, start)), start
         pull, init_iters, lr = s.upsampled_pull, s.upsampled_init_iters, s.upsampled_lr
     else:

@@ -15,14 +15,15 @@ import torch
 
 from .forward import MIN_NOISE_SIGMA
 from .grids import Grid
-from .inr import FeatureGridINR
+from .inr import FeatureGridINR, render_on
 from .stacks import StackOperator
 
 
 class StacksFidelity:
     def __init__(self, ys: list[torch.Tensor], operators: list[StackOperator], noise_sigmas: list[float],
-                 out_grid: Grid):
+                 out_grid: Grid, base: torch.Tensor | None = None):
         self.ys, self.ops = ys, operators
+        self.base = base  # ``f`` is this image plus the INR: the INR fits only a correction of it
         self.inv_vars = [1.0 / max(float(s), MIN_NOISE_SIGMA) ** 2 for s in noise_sigmas]
         self.out_grid = out_grid
         self.scale = 1.0 / ys[0].numel()  # as for the reference stack alone
@@ -41,11 +42,12 @@ class StacksFidelity:
     def step(self, inr: FeatureGridINR, z: torch.Tensor | None, rho: float) -> float:
         """One gradient evaluation (accumulated into ``.grad``); returns the objective."""
         features = inr.features(self.out_grid)
-        f = inr.decode(features).requires_grad_(True)
+        decoded = inr.decode(features).requires_grad_(True)
         with torch.enable_grad():
+            f = render_on(decoded, self.base)
             loss = self.data_loss(f)
             if z is not None and rho > 0:
                 loss = loss + rho * (f - z).pow(2).sum()
             (loss * self.scale).backward()
-        inr.backprop(features, f.grad)
+        inr.backprop(features, decoded.grad)
         return float(loss.detach()) * self.scale

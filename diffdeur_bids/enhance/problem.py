@@ -81,7 +81,8 @@ class Problem:
         (on the fidelity and the output grid)."""
         if self.fused:
             obs = self.observations
-            return StacksFidelity([o.y for o in obs], [o.operator for o in obs], [o.noise_sigma for o in obs], self.out_grid)
+            return StacksFidelity([o.y for o in obs], [o.operator for o in obs], [o.noise_sigma for o in obs], self.out_grid,
+                                  base=None if base is None else base[1])
         obs = self.scan
         return FidelityProblem(obs.y, obs.operator, obs.noise_sigma, obs.fid_grid, self.out_grid, base=base)
 

@@ -23,8 +23,8 @@ class EnhanceSettings:
     re-noising between steps (0: deterministic DDIM-like, 1: fully stochastic).
     ``start_damping`` is the lambda of the start's data-consistency step (``start.py``):
     0 projects onto the prior-denoised data exactly, larger values stay nearer interpolation.
-    ``learned_upsampling`` passes the projected start of one scan through the learned upsampler
-    (``upsampler.py``); DiffDeuR's INR is then a correction on top of that start, fitted with
+    ``learned_upsampling`` passes the projected start of one scan (or of each fused stack) through the
+    learned upsampler (``upsampler.py``); DiffDeuR's INR is then a correction on top of that start, fitted with
     ``upsampled_pull``, ``upsampled_init_iters`` and ``upsampled_lr`` in place of ``inr_init_pull``,
     ``inr_init_iters`` and ``inr_lr`` (``diffdeur.py``). ``average_fraction`` is the share of the
     last sampler levels whose estimates are averaged into the result (0: the last estimate alone).

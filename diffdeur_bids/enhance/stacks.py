@@ -120,6 +120,16 @@ class StackOperator:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.degradation(self.sample(x))
 
+    def to_output(self, fine_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """An image on the stack's fine grid read at the output voxels through the motion (trilinear), and
+        where the stack covers them (1 inside its field of view, 0 outside, where the edge is replicated)."""
+        m = _XYZ @ _to_normalised(self.fine.shape) @ np.linalg.inv(self.fine.affine) @ self.motion() \
+            @ self.out_grid.affine @ np.linalg.inv(_to_normalised(self.out_shape)) @ _XYZ
+        theta = torch.from_numpy(m[:3]).float().to(self.device)[None]
+        points = F.affine_grid(theta, (1, 1, *self.out_shape), align_corners=True)
+        inside = (points.abs() <= 1 + 1e-4).all(-1)[0].to(fine_image.dtype)
+        return sample_points(fine_image, points), inside
+
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """``A_j^T y`` on the output grid (the operator is linear in ``x``)."""
         fine = self.degradation.adjoint(y)

@@ -14,7 +14,9 @@ onto the denoised data exactly; larger values stay nearer ``c`` and amplify less
 left in ``z_y`` (``start_damping``; its value is chosen in ``benchmarks/README.md``).
 
 Several stacks (:func:`aligned_fused_start`): each is denoised on its own slices, then aligned
-and combined by ``alignment.align_and_fuse``, the same minimisation through every operator.
+and combined by ``alignment.align_and_fuse``, the same minimisation through every operator; with
+the learned upsampler, ``c`` is the mean of the stacks' own upsampled starts (each restores
+across its own thick slices) rather than the reference's interpolation.
 """
 
 from __future__ import annotations
@@ -48,20 +50,40 @@ def damped_projection(operator, start: torch.Tensor, data: torch.Tensor, damping
     return start + operator.adjoint(u)
 
 
+def projected_scan(p: Problem, z: torch.Tensor, grid, fine, operator) -> torch.Tensor:
+    """A denoised scan ``z`` (on ``grid``) interpolated onto ``fine``, projected onto itself through ``operator``
+    (``fine`` -> ``grid``), then upsampled when ``p.upsampler`` is set."""
+    cubic = resample(z, grid, fine, order=3).clamp_min(0)
+    x = damped_projection(operator, cubic, z, p.settings.start_damping)
+    if p.upsampler is not None:  # trained on this projection's output; a second one would bring back its noise
+        x = upsample(p.upsampler, x, fine.subdivision, p.settings.max_pixels).clamp_min(0)
+    return x
+
+
+def upsampled_stacks(p: Problem, zs: list[torch.Tensor]) -> torch.Tensor:
+    """Every stack's own upsampled start (on its fine grid, across its own thick slices), on the output grid
+    through its registered motion, averaged where each covers it."""
+    total = torch.zeros(p.out_grid.shape, device=p.device)
+    weight = torch.zeros_like(total)
+    for obs, z in zip(p.observations, zs):
+        op = obs.operator
+        image, inside = op.to_output(projected_scan(p, z, obs.grid, op.fine, op.degradation))
+        total += image * inside
+        weight += inside
+    return total / weight.clamp_min(1.0)
+
+
 def aligned_fused_start(p: Problem) -> torch.Tensor:
-    """Several stacks: denoise each on its own slices, align them, start from their joint data-consistent image."""
-    return align_and_fuse(p, [denoise_lf(p, obs) for obs in p.observations])
+    """Several stacks: denoise each on its own slices, align them, start from their joint data-consistent image
+    (near the mean of their upsampled starts when ``p.upsampler`` is set)."""
+    zs = [denoise_lf(p, obs) for obs in p.observations]
+    return align_and_fuse(p, zs, (lambda: upsampled_stacks(p, zs)) if p.upsampler is not None else None)
 
 
 def single_scan_start(p: Problem) -> torch.Tensor:
     """One scan's start on its fidelity grid: projected, then upsampled when ``p.upsampler`` is set."""
     obs = p.scan
-    z_y = denoise_lf(p)
-    cubic = resample(z_y, obs.grid, obs.fid_grid, order=3).clamp_min(0)
-    x = damped_projection(obs.operator, cubic, z_y, p.settings.start_damping)
-    if p.upsampler is not None:  # trained on this projection's output; a second one would bring back its noise
-        x = upsample(p.upsampler, x, obs.fid_grid.subdivision, p.settings.max_pixels).clamp_min(0)
-    return x
+    return projected_scan(p, denoise_lf(p), obs.grid, obs.fid_grid, obs.operator)
 
 
 def on_output_grid(p: Problem, x: torch.Tensor) -> torch.Tensor:
