@@ -106,6 +106,8 @@ PARTS = [
     ("learned upsampler", "upsampler.py", "upsample"),
     ("start, fused stacks (prior on LF slices + registration + projection)", "start.py", "aligned_fused_start"),
     ("registration", "alignment.py", "align_stacks"),
+    ("the stacks' own upsampled starts (projection + upsampler + reading onto the output grid)", "start.py",
+     "upsampled_stacks"),
     ("prior", "prior.py", "denoise"),
     ("INR fit", "inr.py", "fit_inr"),
     ("INR features (interpolation)", "inr.py", "features"),
