@@ -3,8 +3,9 @@
 The INR is first fitted to the data with a pull towards the data-consistent start
 (``start.py``), which keeps it from fitting the noise and gives the sampler its starting
 point. When the start went through the learned upsampler (one scan's, or each of several
-stacks'), the INR is a correction of that start (``f = start + INR``) rather than an image of its own. Then, at each level of the
-HQS loop (``hqs.py``), the fidelity step is a few optimiser steps of the INR on
+stacks'), the INR is a correction of that start (``f = start + INR``) rather than an image of
+its own. Then, at each level of the HQS loop (``hqs.py``), the fidelity step is a few
+optimiser steps of the INR on
 
     ||A f - y||^2 / sigma_n^2 + rho_t ||f - z||^2,   rho_t = mu / sigma_t^2
 
