@@ -27,7 +27,7 @@ from .forward import MIN_NOISE_SIGMA
 from .hqs import karras_sigmas, sample_problem
 from .inr import fit_inr, make_inr, make_optimizer, render
 from .problem import Problem
-from .start import aligned_fused_start, data_consistent_start, on_output_grid, single_scan_start
+from .start import data_consistent_start, upsampled_start
 
 
 MOTION_LR = 0.01  # deg / mm per INR step while the motions are refined
@@ -39,8 +39,7 @@ def run_diffdeur(p: Problem) -> torch.Tensor:
     # scratch would not reach: the INR is then a small correction of it (held near it, with smaller steps)
     corrects_start = p.upsampler is not None
     if corrects_start:
-        start_fid = aligned_fused_start(p) if p.fused else single_scan_start(p)
-        start = start_fid if p.fused else on_output_grid(p, start_fid)  # several stacks: both on the output grid
+        start_fid, start = upsampled_start(p)
         fid, base = p.fidelity(base=(start_fid, start)), start
         pull, init_iters, lr = s.upsampled_pull, s.upsampled_init_iters, s.upsampled_lr
     else:

@@ -92,6 +92,16 @@ def on_output_grid(p: Problem, x: torch.Tensor) -> torch.Tensor:
     return x if obs.fid_grid == p.out_grid else resample(x, obs.fid_grid, p.out_grid)
 
 
+def upsampled_start(p: Problem) -> tuple[torch.Tensor, torch.Tensor]:
+    """The upsampled start on the fidelity grid and on the output grid (one image for fused stacks, whose
+    fidelity grid is the output grid), for an INR that corrects it."""
+    if p.fused:
+        x = aligned_fused_start(p)
+        return x, x
+    x = single_scan_start(p)
+    return x, on_output_grid(p, x)
+
+
 def data_consistent_start(p: Problem) -> torch.Tensor:
     """The start image on the output grid (DiffDeuR's INR is then fitted towards it)."""
     if p.fused:
