@@ -14,7 +14,9 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 
 import click
 
@@ -93,6 +95,18 @@ def write_graph(wf, config: Config) -> None:
         log.info("--write-graph: Graphviz's dot is not installed, so only %s is written", dot)
 
 
+@contextmanager
+def working_in(folder: Path):
+    """Run inside ``folder``, then go back: Nipype's resource monitor writes its files into the process's
+    current directory, which must be the work dir, not wherever the user started the app."""
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def _stop_workers(plugin) -> None:
     """After Ctrl-C or SIGTERM: end the scans still running, so nothing goes on writing after we exit."""
     import multiprocessing
@@ -167,7 +181,8 @@ def run(config: Config) -> int:
         os.environ["FS_LICENSE"] = str(config.fs_license_file)  # FreeSurfer's mri_synthseg reads it there
     plugin = make_plugin(config, resolved)
     try:
-        wf.run(plugin=plugin)
+        with working_in(config.work_dir):  # the paths in the workflow are absolute (the CLI makes them so)
+            wf.run(plugin=plugin)
     except RuntimeError as e:  # Nipype: "Workflow did not execute cleanly"; the summary says which scans
         log.debug("Nipype: %s", e)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (errors.Terminated): stop cleanly, the CLI says how to resume

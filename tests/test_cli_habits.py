@@ -42,7 +42,8 @@ def test_a_bad_plugin_file_is_refused_before_any_work(raw_bids, tmp_path, text, 
 
 def test_use_plugin_clean_workdir_write_graph_and_resource_monitor(raw_bids, tmp_path):
     """One run with all four: Nipype's Linear plugin runs it, a stale file in the work dir is gone, the graph
-    names the enhancement node, and the resource monitor recorded the nodes' peak memory."""
+    names the enhancement node, and the resource monitor recorded the nodes' peak memory, leaving nothing in the
+    directory the app was started from (Nipype writes its monitor's files into the process's cwd)."""
     from nipype.utils.filemanip import loadpkl
 
     work = tmp_path / "work"
@@ -51,9 +52,12 @@ def test_use_plugin_clean_workdir_write_graph_and_resource_monitor(raw_bids, tmp
     plugin = tmp_path / "plugin.yml"
     plugin.write_text("plugin: Linear\nplugin_args: {}\n")
     out = tmp_path / "out"
+    started_in = tmp_path / "cwd"
+    started_in.mkdir()
     proc = run_app(raw_bids, out, "participant", "-w", work, "--use-plugin", plugin, "--clean-workdir",
-                   "--write-graph", "--resource-monitor", "--skip-bids-validation", *ONE_SCAN, *FAST)
+                   "--write-graph", "--resource-monitor", "--skip-bids-validation", *ONE_SCAN, *FAST, cwd=started_in)
     assert proc.returncode == 0, shown(proc)
+    assert list(started_in.iterdir()) == []
     assert not (work / "stale.txt").exists()
     assert (out / "sub-02" / "anat" / "sub-02_run-01_desc-enhanced_T1w.nii.gz").is_file()
     graph = (work / "graph.dot").read_text()
